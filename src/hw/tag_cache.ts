@@ -1,0 +1,161 @@
+/**
+ * A set-associative cache of tagged translations, in typed arrays (SDM 4.10,
+ * 28.3.1): used for the TLB, the guest-physical TLB and every
+ * paging-structure cache. Replacement is round-robin per set, so runs are
+ * deterministic. Keys are address prefixes as two 32-bit halves, already
+ * masked to the cache's granule.
+ */
+export class TagCache {
+  readonly sets: number;
+  readonly ways: number;
+  private readonly setMask: number;
+  readonly valid: Uint8Array;
+  readonly keyHi: Int32Array;
+  readonly keyLo: Int32Array;
+  /** Tags: PCID, VPID (ASID under NPT), EP4TA (0 when not under EPT). */
+  readonly pcid: Int32Array;
+  readonly vpid: Int32Array;
+  readonly ep4ta: Float64Array;
+  readonly global: Uint8Array;
+  /** log2 of the size of the page (or region) the entry was made from. */
+  readonly shift: Uint8Array;
+  /** Host physical address the key maps to (frame or table). */
+  readonly hpa: Float64Array;
+  /** Guest-physical address the key maps to (frame or table), when two-dimensional. */
+  readonly gpa: Float64Array;
+  /** Packed rights, see rights.ts. */
+  readonly rights: Int32Array;
+  private readonly victim: Uint8Array;
+  /** Entries inserted so far (statistics). */
+  fills = 0;
+
+  constructor(
+    entries: number,
+    ways: number,
+    /** bit position of the key's lowest bit (12 for 4K pages, 21 for the PDE cache, ...) */
+    readonly granule: number,
+  ) {
+    if (ways < 1 || entries < ways || entries % ways !== 0) throw new Error(`assertion: cache of ${entries} entries cannot have ${ways} ways`);
+    const sets = entries / ways;
+    if ((sets & (sets - 1)) !== 0) throw new Error(`assertion: cache set count ${sets} is not a power of two`);
+    this.sets = sets;
+    this.ways = ways;
+    this.setMask = sets - 1;
+    this.valid = new Uint8Array(entries);
+    this.keyHi = new Int32Array(entries);
+    this.keyLo = new Int32Array(entries);
+    this.pcid = new Int32Array(entries);
+    this.vpid = new Int32Array(entries);
+    this.ep4ta = new Float64Array(entries);
+    this.global = new Uint8Array(entries);
+    this.shift = new Uint8Array(entries);
+    this.hpa = new Float64Array(entries);
+    this.gpa = new Float64Array(entries);
+    this.rights = new Int32Array(entries);
+    this.victim = new Uint8Array(sets);
+  }
+
+  private setOf(keyHi: number, keyLo: number): number {
+    const g = this.granule;
+    const x = g < 32 ? (keyLo >>> g) ^ (keyHi << (32 - g)) : keyHi >>> (g - 32);
+    return (x & this.setMask) * this.ways;
+  }
+
+  /**
+   * Index of the entry for this key and context, or -1. A global entry
+   * matches any PCID (it still needs its VPID and EP4TA).
+   */
+  lookup(keyHi: number, keyLo: number, vpid: number, pcid: number, ep4ta: number): number {
+    const base = this.setOf(keyHi, keyLo);
+    const end = base + this.ways;
+    for (let i = base; i < end; i++) {
+      if (
+        this.valid[i] === 1 &&
+        this.keyLo[i] === keyLo &&
+        this.keyHi[i] === keyHi &&
+        this.vpid[i] === vpid &&
+        this.ep4ta[i] === ep4ta &&
+        (this.pcid[i] === pcid || this.global[i] === 1)
+      ) {
+        return i;
+      }
+    }
+    return -1;
+  }
+
+  /** Insert (or replace the matching entry); returns its index. */
+  insert(
+    keyHi: number, keyLo: number, vpid: number, pcid: number, ep4ta: number,
+    global: boolean, shift: number, hpa: number, gpa: number, rights: number,
+  ): number {
+    let i = this.lookup(keyHi, keyLo, vpid, pcid, ep4ta);
+    if (i < 0) {
+      const base = this.setOf(keyHi, keyLo);
+      let w = -1;
+      for (let j = base; j < base + this.ways; j++) {
+        if (this.valid[j] === 0) {
+          w = j;
+          break;
+        }
+      }
+      if (w < 0) {
+        const set = base / this.ways;
+        w = base + this.victim[set];
+        this.victim[set] = (this.victim[set] + 1) % this.ways;
+      }
+      i = w;
+    }
+    this.valid[i] = 1;
+    this.keyHi[i] = keyHi;
+    this.keyLo[i] = keyLo;
+    this.vpid[i] = vpid;
+    this.pcid[i] = pcid;
+    this.ep4ta[i] = ep4ta;
+    this.global[i] = global ? 1 : 0;
+    this.shift[i] = shift;
+    this.hpa[i] = hpa;
+    this.gpa[i] = gpa;
+    this.rights[i] = rights;
+    this.fills++;
+    return i;
+  }
+
+  /** Number of valid entries. */
+  count(): number {
+    let n = 0;
+    for (let i = 0; i < this.valid.length; i++) n += this.valid[i];
+    return n;
+  }
+
+  /** Drop every entry. */
+  clear(): void {
+    this.valid.fill(0);
+  }
+
+  /** Drop entries the predicate selects (invalidation is rare: a scan is fine). */
+  drop(pred: (i: number) => boolean): number {
+    let n = 0;
+    for (let i = 0; i < this.valid.length; i++) {
+      if (this.valid[i] === 1 && pred(i)) {
+        this.valid[i] = 0;
+        n++;
+      }
+    }
+    return n;
+  }
+
+  /** Whether entry i covers the address (hi, lo) at the size it was made from. */
+  covers(i: number, hi: number, lo: number): boolean {
+    const s = Math.max(this.shift[i], this.granule);
+    if (s >= 32) return this.keyHi[i] >>> (s - 32) === hi >>> (s - 32);
+    return this.keyHi[i] === hi && this.keyLo[i] >>> s === lo >>> s;
+  }
+}
+
+/** Mask the address (hi, lo) down to a granule: returns the low half; the high half is maskHi(). */
+export function maskLo(lo: number, granule: number): number {
+  return granule >= 32 ? 0 : (lo >>> granule) << granule;
+}
+export function maskHi(hi: number, granule: number): number {
+  return granule <= 32 ? hi : granule >= 64 ? 0 : (hi >>> (granule - 32)) << (granule - 32);
+}

@@ -1,0 +1,65 @@
+/**
+ * One vCPU's TLBs and paging-structure caches (SDM 4.10, 28.3.1; APM 15.16).
+ *
+ * - `comb`: linear and combined mappings (LA page -> hPA), tagged VPID (ASID
+ *   under NPT), PCID and EP4TA; a large page is cached as 4K fragments that
+ *   remember the page size they came from.
+ * - `gpa`: guest-physical mappings (gPA page -> hPA), tagged EP4TA (ASID under NPT).
+ * - `gPsc[k]`: guest paging-structure caches for the level-k entry (2 = PDE
+ *   cache ... 5 = PML5 cache), keyed by the LA prefix that entry maps.
+ * - `ePsc[k]`: the same for EPT/NPT entries, keyed by the gPA prefix.
+ */
+import { TagCache } from './tag_cache.js';
+
+export interface TlbGeometry {
+  entries: number;
+  ways: number;
+  pscEntries: number;
+  pscWays: number;
+}
+
+export const DEFAULT_GEOMETRY: TlbGeometry = { entries: 1536, ways: 8, pscEntries: 32, pscWays: 4 };
+
+export class VcpuTlb {
+  readonly comb: TagCache;
+  readonly gpa: TagCache;
+  readonly gPsc: TagCache[] = [];
+  readonly ePsc: TagCache[] = [];
+
+  constructor(g: TlbGeometry = DEFAULT_GEOMETRY) {
+    this.comb = new TagCache(g.entries, g.ways, 12);
+    this.gpa = new TagCache(g.entries, g.ways, 12);
+    for (let k = 2; k <= 5; k++) {
+      this.gPsc[k] = new TagCache(g.pscEntries, g.pscWays, 12 + 9 * (k - 1));
+      this.ePsc[k] = new TagCache(g.pscEntries, g.pscWays, 12 + 9 * (k - 1));
+    }
+  }
+
+  /** Every cache, for scans. */
+  all(): TagCache[] {
+    return [this.comb, this.gpa, ...this.gPsc.slice(2), ...this.ePsc.slice(2)];
+  }
+  linear(): TagCache[] {
+    return [this.comb, ...this.gPsc.slice(2)];
+  }
+  guestPhysical(): TagCache[] {
+    return [this.gpa, ...this.ePsc.slice(2)];
+  }
+
+  flushAll(): void {
+    for (const c of this.all()) c.clear();
+  }
+
+  /** Drop linear/combined TLB entries and PSC entries matching the predicates. */
+  dropLinear(tlbPred: (c: TagCache, i: number) => boolean, pscPred: (c: TagCache, i: number) => boolean): void {
+    this.comb.drop((i) => tlbPred(this.comb, i));
+    for (let k = 2; k <= 5; k++) {
+      const c = this.gPsc[k];
+      c.drop((i) => pscPred(c, i));
+    }
+  }
+
+  dropGuestPhysical(pred: (c: TagCache, i: number) => boolean): void {
+    for (const c of this.guestPhysical()) c.drop((i) => pred(c, i));
+  }
+}

@@ -1,0 +1,708 @@
+/**
+ * The page walker of one vCPU: guest 4/5-level paging (SDM 4.5), EPT (SDM
+ * 28.2) and NPT (APM 15.25) in two dimensions, with the TLB and
+ * paging-structure caches in front. Ordering follows trace-format.md
+ * "Where the architecture leaves latitude".
+ *
+ * Hot path: no allocation. Addresses below 2^52 are numbers; linear
+ * addresses and entries are two signed 32-bit halves.
+ */
+import { PhysMem } from './phys_mem.js';
+import {
+  CR0_WP, CR4_PGE, CR4_PKE, CR4_PKS, CR4_SMAP, CR4_SMEP, EFER_LMA, VcpuRegs,
+} from './regs.js';
+import { AccessKind, AccessResult, Outcome } from './result.js';
+import {
+  RT_DIRTY, RT_EDIRTY, RT_ER, RT_EW, RT_EX, RT_E_SHIFT, RT_PKEY_SHIFT, RT_RW, RT_US, RT_XD,
+} from './rights.js';
+import { maskHi, maskLo } from './tag_cache.js';
+import { VcpuTlb } from './tlb.js';
+
+export const enum Mode {
+  Native = 0,
+  Ept = 1,
+  Npt = 2,
+}
+
+/** Which table a memory reference read. */
+export const enum Dim {
+  Guest = 0,
+  Ept = 1,
+  Npt = 2,
+}
+
+/** Receives every paging-structure reference of a walk when attached (the walk inspector). */
+export interface WalkRecorder {
+  /**
+   * A load of a paging-structure entry. `entryGpa` is -1 for EPT/NPT entries
+   * (they live in host memory); `target` is the gPA being translated (EPT/NPT)
+   * or -1; `rights` are the rights accumulated before this entry, packed as in
+   * rights.ts (guest bits for Dim.Guest, second-dimension bits otherwise).
+   */
+  ref(dim: Dim, level: number, entryGpa: number, entryHpa: number, lo: number, hi: number, target: number, rights: number): void;
+  /** An accessed/dirty write-back (or, in a probe, the one that would happen). */
+  setBits(dim: Dim, level: number, entryHpa: number, lo: number, hi: number, newLo: number, newHi: number): void;
+}
+
+export interface MachineConfig {
+  mode: Mode;
+  maxPhysAddr: number;
+  tlb: boolean;
+  psc: boolean;
+  /** IA32_VMX_EPT_VPID_CAP bit 0: execute-only EPT entries. */
+  execOnly: boolean;
+}
+
+/** Second-dimension access types: the EPT exit-qualification bits 0-2. */
+export const T_R = 1;
+export const T_W = 2;
+export const T_X = 4;
+
+/** Walk step status. */
+const S_OK = 0;
+const S_EXIT = 1;
+const S_RESTART = 2;
+
+/** #PF error-code bits (SDM 4.7). */
+export const PF_P = 1 << 0;
+export const PF_W = 1 << 1;
+export const PF_U = 1 << 2;
+export const PF_RSVD = 1 << 3;
+export const PF_ID = 1 << 4;
+export const PF_PK = 1 << 5;
+
+/** EPT-violation exit-qualification bits (SDM table 27-7). */
+export const EQ_GLA_VALID = 1 << 7;
+export const EQ_TRANSLATED = 1 << 8;
+
+/** NPF EXITINFO1 bits 32 and 33 (APM 15.25.6). */
+export const NPF_FINAL = 2 ** 32;
+export const NPF_GUEST_PAGE = 2 ** 33;
+
+const TWO32 = 4294967296;
+const MAX_RESTARTS = 1000;
+
+/** Index of the level-L entry for the address (hi, lo) (SDM 4.5, fig. 4-8). */
+function indexOf(hi: number, lo: number, level: number): number {
+  switch (level) {
+    case 1: return (lo >>> 12) & 511;
+    case 2: return (lo >>> 21) & 511;
+    case 3: return ((lo >>> 30) | (hi << 2)) & 511;
+    case 4: return (hi >>> 7) & 511;
+    default: return (hi >>> 16) & 511;
+  }
+}
+
+export class Mmu {
+  readonly res = new AccessResult();
+  rec: WalkRecorder | null = null;
+  /** A probe reads memory only: no A/D write-back, no cache lookup or fill, no invalidation. */
+  probe = false;
+
+  /** Bits [51:M] of the high half: reserved in every present entry. */
+  private readonly rsvdHi: number;
+  /** Address bits [M-1:32] of the high half. */
+  private readonly addrHi: number;
+
+  // Output of xlateGpa.
+  private xHpa = 0;
+  private xRights = 0;
+
+  // Context tags of the current access.
+  private cVpid = 0;
+  private cPcid = 0;
+  private cEp4ta = 0;
+  private gVpid = 0; // tag of guest-physical mappings (ASID under NPT)
+
+  // Per-level scratch of the guest walk, for paging-structure-cache fills.
+  private readonly lvTableGpa = new Float64Array(6);
+  private readonly lvTableHpa = new Float64Array(6);
+  private readonly lvTableRt = new Int32Array(6);
+  private readonly lvRights = new Int32Array(6);
+  // Per-level scratch of the EPT/NPT walk, for A/D write-back and fills.
+  private readonly eEntryHpa = new Float64Array(6);
+  private readonly eLo = new Int32Array(6);
+  private readonly eHi = new Int32Array(6);
+  private readonly eRights = new Int32Array(6);
+
+  constructor(
+    readonly mem: PhysMem,
+    readonly regs: VcpuRegs,
+    readonly cfg: MachineConfig,
+    readonly tlb: VcpuTlb,
+  ) {
+    const m = cfg.maxPhysAddr;
+    this.rsvdHi = m >= 52 ? 0 : (((1 << (52 - m)) - 1) << (m - 32)) | 0;
+    this.addrHi = m >= 52 ? 0xfffff : (1 << (m - 32)) - 1;
+  }
+
+  /** Physical address in an entry, bits [M-1:shift]. */
+  private addrOf(lo: number, hi: number, shift: number): number {
+    const loMask = shift === 12 ? 0xfffff000 : shift === 21 ? 0xffe00000 : 0xc0000000;
+    return (hi & this.addrHi) * TWO32 + ((lo & loMask) >>> 0);
+  }
+
+  private setContext(): void {
+    const r = this.regs;
+    this.cPcid = r.pcid;
+    switch (this.cfg.mode) {
+      case Mode.Native:
+        this.cVpid = 0;
+        this.cEp4ta = 0;
+        this.gVpid = 0;
+        break;
+      case Mode.Ept:
+        this.cVpid = r.vpid;
+        this.cEp4ta = r.ep4ta;
+        this.gVpid = 0;
+        break;
+      default:
+        this.cVpid = r.asid;
+        this.cEp4ta = 0;
+        this.gVpid = r.asid;
+    }
+  }
+
+  /**
+   * Translate one access that does not cross a 4K boundary; the outcome is
+   * left in `res` (which the caller reset). The canonical check is the caller's.
+   */
+  translate(laHi: number, laLo: number, kind: AccessKind, implicit: boolean): void {
+    const r = this.res;
+    this.setContext();
+    const regs = this.regs;
+    if (!regs.paging) {
+      this.translateUnpaged(laLo, kind);
+      return;
+    }
+    const useTlb = this.cfg.tlb && !this.probe;
+    if (useTlb) {
+      const c = this.tlb.comb;
+      const i = c.lookup(laHi, laLo & ~0xfff, this.cVpid, this.cPcid, this.cEp4ta);
+      if (i >= 0) {
+        const rt = c.rights[i];
+        // A write through an entry whose D is clear re-walks (SDM 4.8; trace-format.md rule 6).
+        if (kind !== AccessKind.Write || (rt & RT_DIRTY) !== 0) {
+          const err = this.permissionFault(rt & RT_RW, (rt & RT_US) >>> 1, (rt & RT_XD) >>> 2, (rt >>> RT_PKEY_SHIFT) & 15, kind, implicit);
+          if (err !== 0) {
+            // A fault from cached rights (a "spurious" #PF is allowed); it invalidates the entry (SDM 4.10.4.1).
+            r.tlbHit = true;
+            this.pageFault(laHi, laLo, err);
+            return;
+          }
+          const need = kind === AccessKind.Write ? RT_EW : kind === AccessKind.Fetch ? RT_EX : RT_ER;
+          if (this.cfg.mode === Mode.Native || (rt & need) !== 0) {
+            const off = laLo & 0xfff;
+            r.outcome = Outcome.Ok;
+            r.hpa = c.hpa[i] + off;
+            r.gpa = c.gpa[i] + off;
+            r.tlbHit = true;
+            return;
+          }
+          // Second-dimension rights deny: re-walk so the exit comes from memory.
+        }
+      }
+    }
+    for (let n = 0; ; n++) {
+      if (n > MAX_RESTARTS) throw new Error('assertion: page walk restarted more than 1000 times');
+      if (this.walkOnce(laHi, laLo, kind, implicit) !== S_RESTART) return;
+    }
+  }
+
+  /** CR0.PG=0: the linear address is the (guest-)physical address. */
+  private translateUnpaged(laLo: number, kind: AccessKind): void {
+    const r = this.res;
+    const pa = laLo >>> 0;
+    if (this.cfg.mode === Mode.Native) {
+      r.outcome = Outcome.Ok;
+      r.hpa = pa;
+      r.gpa = pa;
+      return;
+    }
+    for (let n = 0; ; n++) {
+      if (n > MAX_RESTARTS) throw new Error('assertion: page walk restarted more than 1000 times');
+      const s = this.xlateGpa(pa, kind === AccessKind.Write ? T_W : kind === AccessKind.Fetch ? T_X : T_R, true, 0, laLo);
+      if (s === S_RESTART) continue;
+      if (s === S_OK) {
+        r.outcome = Outcome.Ok;
+        r.hpa = this.xHpa;
+        r.gpa = pa;
+      }
+      return;
+    }
+  }
+
+  /** One walk from the root (or from a paging-structure-cache hit). */
+  private walkOnce(laHi: number, laLo: number, kind: AccessKind, implicit: boolean): number {
+    const r = this.res;
+    const regs = this.regs;
+    const mem = this.mem;
+    const mode = this.cfg.mode;
+    const levels = regs.la57 ? 5 : 4;
+    const nxe = regs.nxe;
+    const walkType = mode === Mode.Ept ? (regs.eptAd ? T_R | T_W : T_R) : T_R | T_W;
+
+    let level = levels;
+    let tableGpa = this.addrOf(regs.cr3, 0, 12) + (regs.cr3 >= TWO32 ? this.addrOf(0, (regs.cr3 / TWO32) | 0, 12) : 0);
+    let tableHpa = mode === Mode.Native ? tableGpa : -1;
+    let tableRt = mode === Mode.Native ? RT_ER | RT_EW | RT_EX | RT_EDIRTY : 0;
+    let rw = 1;
+    let us = 1;
+    let xd = 0;
+
+    if (this.cfg.psc && this.cfg.tlb && !this.probe) {
+      for (let k = 2; k <= levels; k++) {
+        const c = this.tlb.gPsc[k];
+        const i = c.lookup(maskHi(laHi, c.granule), maskLo(laLo, c.granule), this.cVpid, this.cPcid, this.cEp4ta);
+        if (i >= 0) {
+          level = k - 1;
+          tableGpa = c.gpa[i];
+          tableHpa = c.hpa[i];
+          const rt = c.rights[i];
+          rw = rt & RT_RW;
+          us = (rt & RT_US) >>> 1;
+          xd = (rt & RT_XD) >>> 2;
+          tableRt = rt & (RT_ER | RT_EW | RT_EX | RT_EDIRTY);
+          break;
+        }
+      }
+    }
+    const top = level;
+
+    let lo = 0;
+    let hi = 0;
+    let entryGpa = 0;
+    let entryHpa = 0;
+    let entryRt = 0;
+    for (;;) {
+      const idx = indexOf(laHi, laLo, level);
+      entryGpa = tableGpa + idx * 8;
+      if (tableHpa >= 0) {
+        entryHpa = tableHpa + idx * 8;
+        entryRt = tableRt;
+      } else {
+        const s = this.xlateGpa(entryGpa, walkType, false, laHi, laLo);
+        if (s !== S_OK) return s;
+        entryHpa = this.xHpa;
+        entryRt = this.xRights;
+      }
+      this.lvTableGpa[level] = tableGpa;
+      this.lvTableHpa[level] = entryHpa - idx * 8;
+      this.lvTableRt[level] = entryRt;
+      mem.load64(entryHpa);
+      lo = mem.lo;
+      hi = mem.hi;
+      r.refs++;
+      if (this.rec !== null) this.rec.ref(Dim.Guest, level, entryGpa, entryHpa, lo, hi, -1, rw | (us << 1) | (xd << 2));
+      if ((lo & 1) === 0) {
+        this.pageFault(laHi, laLo, this.userBit(implicit) | (kind === AccessKind.Write ? PF_W : 0) | this.fetchBit(kind));
+        return S_EXIT;
+      }
+      if (this.guestReserved(lo, hi, level, nxe, mode === Mode.Npt)) {
+        this.pageFault(laHi, laLo, PF_P | PF_RSVD | this.userBit(implicit) | (kind === AccessKind.Write ? PF_W : 0) | this.fetchBit(kind));
+        return S_EXIT;
+      }
+      rw &= lo >>> 1;
+      us &= lo >>> 2;
+      if (nxe) xd |= hi >>> 31;
+      if (level === 1 || (level <= 3 && (lo & 0x80) !== 0)) break;
+      // A non-leaf entry gets A as the walk moves past it (trace-format.md rule 2).
+      if ((lo & 0x20) === 0) {
+        const s = this.guestSetBits(level, entryGpa, entryHpa, entryRt, lo, hi, 0x20, laHi, laLo);
+        if (s !== S_OK) return s;
+        lo |= 0x20;
+      }
+      this.lvRights[level] = rw | (us << 1) | (xd << 2);
+      tableGpa = this.addrOf(lo, hi, 12);
+      tableHpa = mode === Mode.Native ? tableGpa : -1;
+      level--;
+    }
+
+    // Leaf: compose the final address.
+    const shift = level === 3 ? 30 : level === 2 ? 21 : 12;
+    const off = shift === 12 ? laLo & 0xfff : shift === 21 ? laLo & 0x1fffff : (laLo & 0x3fffffff) >>> 0;
+    const finalGpa = this.addrOf(lo, hi, shift) + off;
+    const pkey = (hi >>> 27) & 15;
+    const err = this.permissionFault(rw, us, xd, pkey, kind, implicit);
+    if (err !== 0) {
+      this.pageFault(laHi, laLo, err);
+      return S_EXIT;
+    }
+    let hpa = finalGpa;
+    let finalRt = RT_ER | RT_EW | RT_EX | RT_EDIRTY;
+    if (mode !== Mode.Native) {
+      const s = this.xlateGpa(finalGpa, kind === AccessKind.Write ? T_W : kind === AccessKind.Fetch ? T_X : T_R, true, laHi, laLo);
+      if (s !== S_OK) return s;
+      hpa = this.xHpa;
+      finalRt = this.xRights;
+    }
+    // The leaf's A/D only once the whole access succeeds (trace-format.md rule 3).
+    const need = kind === AccessKind.Write ? 0x60 : 0x20;
+    if ((lo & need) !== need) {
+      const s = this.guestSetBits(level, entryGpa, entryHpa, entryRt, lo, hi, need, laHi, laLo);
+      if (s !== S_OK) return s;
+      lo |= need;
+    }
+    r.outcome = Outcome.Ok;
+    r.hpa = hpa;
+    r.gpa = finalGpa;
+    if (this.cfg.tlb && !this.probe) {
+      const dirty = (lo & 0x40) !== 0 && (finalRt & RT_EDIRTY) !== 0 ? RT_DIRTY : 0;
+      const global = (lo & 0x100) !== 0 && (regs.cr4 & CR4_PGE) !== 0;
+      const hoff = hpa % 4096;
+      this.tlb.comb.insert(
+        laHi, laLo & ~0xfff, this.cVpid, this.cPcid, this.cEp4ta, global, shift,
+        hpa - hoff, finalGpa - (finalGpa % 4096),
+        rw | (us << 1) | (xd << 2) | dirty | (pkey << RT_PKEY_SHIFT) | (finalRt & (RT_ER | RT_EW | RT_EX | RT_EDIRTY)),
+      );
+      if (this.cfg.psc) {
+        for (let k = top; k > level; k--) {
+          const c = this.tlb.gPsc[k];
+          c.insert(maskHi(laHi, c.granule), maskLo(laLo, c.granule), this.cVpid, this.cPcid, this.cEp4ta, false, c.granule,
+            this.lvTableHpa[k - 1], this.lvTableGpa[k - 1], this.lvRights[k] | this.lvTableRt[k - 1]);
+        }
+      }
+    }
+    return S_OK;
+  }
+
+  /**
+   * Set A (and D) in a guest entry with a compare-and-exchange. Under EPT/NPT
+   * that is a write to the guest page-table page, which its translation must
+   * allow (SDM 28.2.3.2: guest A/D updates are data writes).
+   */
+  private guestSetBits(level: number, entryGpa: number, entryHpa: number, entryRt: number, lo: number, hi: number, bits: number, laHi: number, laLo: number): number {
+    if (this.cfg.mode !== Mode.Native && (entryRt & RT_EW) === 0) {
+      if (this.cfg.mode === Mode.Ept) this.eptViolation(entryGpa, T_R | T_W, (entryRt >>> RT_E_SHIFT) & 7, false, laHi, laLo);
+      else this.npf(entryGpa, PF_P | PF_W | PF_U, false);
+      return S_EXIT;
+    }
+    if (this.rec !== null) this.rec.setBits(Dim.Guest, level, entryHpa, lo, hi, lo | bits, hi);
+    if (this.probe) return S_OK;
+    return this.mem.cmpxchg64(entryHpa, lo, hi, lo | bits, hi) ? S_OK : S_RESTART;
+  }
+
+  private userBit(implicit: boolean): number {
+    return this.regs.cpl === 3 && !implicit ? PF_U : 0;
+  }
+
+  /** I/D is reported for fetches when SMEP or (PAE and NXE) is on (SDM 4.7). */
+  private fetchBit(kind: AccessKind): number {
+    return kind === AccessKind.Fetch && ((this.regs.cr4 & CR4_SMEP) !== 0 || this.regs.nxe) ? PF_ID : 0;
+  }
+
+  /** Reserved bits of a present guest (or NPT) entry at this level (SDM 4.5 table 4-20; APM: bit 8 of PML4E/PML5E). */
+  guestReserved(lo: number, hi: number, level: number, nxe: boolean, amd: boolean): boolean {
+    if ((hi & this.rsvdHi) !== 0) return true;
+    if (!nxe && hi < 0) return true;
+    if (level >= 4) return (lo & 0x80) !== 0 || (amd && (lo & 0x100) !== 0);
+    if ((lo & 0x80) !== 0) {
+      if (level === 3) return (lo & 0x3fffe000) !== 0;
+      if (level === 2) return (lo & 0x1fe000) !== 0;
+    }
+    return false;
+  }
+
+  /**
+   * The access-rights rules of SDM 4.6 (U/S, R/W with CR0.WP, XD, SMEP, SMAP
+   * with EFLAGS.AC and implicit accesses, PKU/PKS). Returns the #PF error
+   * code, or 0 when the access is allowed.
+   */
+  permissionFault(rw: number, us: number, xd: number, pkey: number, kind: AccessKind, implicit: boolean): number {
+    const regs = this.regs;
+    const user = regs.cpl === 3 && !implicit;
+    const write = kind === AccessKind.Write;
+    const fetch = kind === AccessKind.Fetch;
+    const wp = (regs.cr0 & CR0_WP) !== 0;
+    let fault = false;
+    if (user) {
+      if (us === 0) fault = true;
+      else if (write && rw === 0) fault = true;
+    } else {
+      if (us !== 0) {
+        if (fetch) {
+          if ((regs.cr4 & CR4_SMEP) !== 0) fault = true;
+        } else if ((regs.cr4 & CR4_SMAP) !== 0 && (regs.ac === 0 || implicit)) {
+          fault = true;
+        }
+      }
+      if (write && wp && rw === 0) fault = true;
+    }
+    if (fetch && xd !== 0) fault = true;
+    let pk = false;
+    if (!fetch && (regs.efer & EFER_LMA) !== 0) {
+      const keys = us !== 0 ? ((regs.cr4 & CR4_PKE) !== 0 ? regs.pkru : -1) : (regs.cr4 & CR4_PKS) !== 0 ? regs.pkrs : -1;
+      if (keys !== -1) {
+        const ad = (keys >>> (2 * pkey)) & 1;
+        const wd = (keys >>> (2 * pkey + 1)) & 1;
+        if (ad !== 0 || (write && wd !== 0 && (user || wp))) pk = true;
+      }
+    }
+    if (!fault && !pk) return 0;
+    return PF_P | (write ? PF_W : 0) | (user ? PF_U : 0) | this.fetchBit(kind) | (pk ? PF_PK : 0);
+  }
+
+  private pageFault(laHi: number, laLo: number, err: number): void {
+    const r = this.res;
+    r.outcome = Outcome.Pf;
+    r.errorCode = err;
+    r.laHi = laHi;
+    r.laLo = laLo;
+    if (this.cfg.tlb && !this.probe) this.dropForLinear(laHi, laLo);
+  }
+
+  /** A #PF (SDM 4.10.4.1) or EPT violation drops the TLB entry for the page and the PSC entries for the address. */
+  private dropForLinear(laHi: number, laLo: number): void {
+    const vpid = this.cVpid;
+    const pcid = this.cPcid;
+    const ep4ta = this.cEp4ta;
+    this.tlb.dropLinear(
+      (c, i) => c.vpid[i] === vpid && c.ep4ta[i] === ep4ta && (c.pcid[i] === pcid || c.global[i] === 1) && c.covers(i, laHi, laLo),
+      (c, i) => c.vpid[i] === vpid && c.ep4ta[i] === ep4ta && c.pcid[i] === pcid && c.covers(i, laHi, laLo),
+    );
+  }
+
+  // ---------------------------------------------------------------- dimension 2
+
+  /**
+   * Translate a guest-physical address through EPT or NPT for an access of
+   * `type` (T_R/T_W/T_X bits). On S_OK, xHpa and xRights hold the result.
+   */
+  private xlateGpa(gpa: number, type: number, final: boolean, laHi: number, laLo: number): number {
+    if (this.cfg.tlb && !this.probe) {
+      const c = this.tlb.gpa;
+      const gHi = (gpa / TWO32) | 0;
+      const i = c.lookup(gHi, (gpa | 0) & ~0xfff, this.gVpid, 0, this.cEp4ta);
+      if (i >= 0) {
+        const rt = c.rights[i];
+        if (((rt >>> RT_E_SHIFT) & type) === type && ((type & T_W) === 0 || (rt & RT_EDIRTY) !== 0)) {
+          this.xHpa = c.hpa[i] + (gpa % 4096);
+          this.xRights = rt;
+          return S_OK;
+        }
+      }
+    }
+    return this.cfg.mode === Mode.Ept ? this.eptWalk(gpa, type, final, laHi, laLo) : this.nptWalk(gpa, type, final);
+  }
+
+  /** EPT misconfiguration conditions of a present entry (SDM 28.2.3.1). */
+  eptMisconfigured(lo: number, hi: number, level: number): boolean {
+    const rwx = lo & 7;
+    if ((rwx & 3) === 2) return true; // write without read
+    if (rwx === 4 && !this.cfg.execOnly) return true;
+    if ((hi & this.rsvdHi) !== 0) return true;
+    if (level >= 4) return (lo & 0xf8) !== 0;
+    const leaf = level === 1 || (lo & 0x80) !== 0;
+    if (!leaf) return (lo & 0x78) !== 0;
+    const mt = (lo >>> 3) & 7;
+    if (mt === 2 || mt === 3 || mt === 7) return true;
+    if (level === 3) return (lo & 0x3ffff000) !== 0;
+    if (level === 2) return (lo & 0x1ff000) !== 0;
+    return false;
+  }
+
+  private eptWalk(gpa: number, type: number, final: boolean, laHi: number, laLo: number): number {
+    const regs = this.regs;
+    const mem = this.mem;
+    const r = this.res;
+    const gHi = (gpa / TWO32) | 0;
+    const gLo = gpa | 0;
+    let level = regs.eptLevels;
+    let table = this.addrOf(regs.eptp | 0, (regs.eptp / TWO32) | 0, 12);
+    let rights = 7;
+    if (this.cfg.psc && this.cfg.tlb && !this.probe) {
+      for (let k = 2; k <= level; k++) {
+        const c = this.tlb.ePsc[k];
+        const i = c.lookup(maskHi(gHi, c.granule), maskLo(gLo, c.granule), this.gVpid, 0, this.cEp4ta);
+        if (i >= 0) {
+          level = k - 1;
+          table = c.hpa[i];
+          rights = (c.rights[i] >>> RT_E_SHIFT) & 7;
+          break;
+        }
+      }
+    }
+    const top = level;
+    let lo = 0;
+    let hi = 0;
+    for (;;) {
+      const entryHpa = table + indexOf(gHi, gLo, level) * 8;
+      mem.load64(entryHpa);
+      lo = mem.lo;
+      hi = mem.hi;
+      r.refs++;
+      if (this.rec !== null) this.rec.ref(Dim.Ept, level, -1, entryHpa, lo, hi, gpa, rights << RT_E_SHIFT);
+      if ((lo & 7) === 0) {
+        this.eptViolation(gpa, type, 0, final, laHi, laLo);
+        return S_EXIT;
+      }
+      if (this.eptMisconfigured(lo, hi, level)) {
+        r.outcome = Outcome.EptMisconfig;
+        r.gpa = gpa;
+        return S_EXIT;
+      }
+      rights &= lo & 7;
+      this.eEntryHpa[level] = entryHpa;
+      this.eLo[level] = lo;
+      this.eHi[level] = hi;
+      this.eRights[level] = rights;
+      if (level === 1 || (lo & 0x80) !== 0) break;
+      table = this.addrOf(lo, hi, 12);
+      level--;
+    }
+    // Permissions are judged only once the walk completed (SDM 28.2.3.3).
+    if ((rights & type) !== type) {
+      this.eptViolation(gpa, type, rights, final, laHi, laLo);
+      return S_EXIT;
+    }
+    const shift = level === 3 ? 30 : level === 2 ? 21 : 12;
+    const frame = this.addrOf(lo, hi, shift);
+    const off = shift === 12 ? gLo & 0xfff : shift === 21 ? gLo & 0x1fffff : (gLo & 0x3fffffff) >>> 0;
+    // EPT A/D (EPTP bit 6): A in every entry used, D in the leaf for a write (SDM 28.2.4).
+    let dirty = RT_EDIRTY;
+    if (regs.eptAd) {
+      for (let k = top; k >= level; k--) {
+        const need = k === level && (type & T_W) !== 0 ? 0x300 : 0x100;
+        const elo = this.eLo[k];
+        if ((elo & need) !== need) {
+          if (this.rec !== null) this.rec.setBits(Dim.Ept, k, this.eEntryHpa[k], elo, this.eHi[k], elo | need, this.eHi[k]);
+          if (!this.probe && !mem.cmpxchg64(this.eEntryHpa[k], elo, this.eHi[k], elo | need, this.eHi[k])) return S_RESTART;
+          this.eLo[k] = elo | need;
+        }
+      }
+      if ((this.eLo[level] & 0x200) === 0) dirty = 0;
+    }
+    this.xHpa = frame + off;
+    this.xRights = (rights << RT_E_SHIFT) | dirty;
+    if (this.cfg.tlb && !this.probe) this.fillGuestPhysical(gHi, gLo, top, level, shift, frame + (off - (off % 4096)), gpa);
+    return S_OK;
+  }
+
+  private fillGuestPhysical(gHi: number, gLo: number, top: number, leafLevel: number, shift: number, hpaFrame: number, gpa: number): void {
+    this.tlb.gpa.insert(gHi, gLo & ~0xfff, this.gVpid, 0, this.cEp4ta, false, shift, hpaFrame, gpa - (gpa % 4096), this.xRights);
+    if (!this.cfg.psc) return;
+    for (let k = top; k > leafLevel; k--) {
+      const c = this.tlb.ePsc[k];
+      const next = this.addrOf(this.eLo[k], this.eHi[k], 12);
+      c.insert(maskHi(gHi, c.granule), maskLo(gLo, c.granule), this.gVpid, 0, this.cEp4ta, false, c.granule, next, -1, this.eRights[k] << RT_E_SHIFT);
+    }
+  }
+
+  private eptViolation(gpa: number, type: number, rights: number, final: boolean, laHi: number, laLo: number): void {
+    const r = this.res;
+    r.outcome = Outcome.EptViolation;
+    r.gpa = gpa;
+    r.qualification = type | (rights << 3) | EQ_GLA_VALID | (final ? EQ_TRANSLATED : 0);
+    r.glaValid = true;
+    r.laHi = laHi;
+    r.laLo = laLo;
+    if (this.cfg.tlb && !this.probe) {
+      // SDM 28.3.3.1: drop guest-physical mappings for the gPA and combined mappings for the LA.
+      const gHi = (gpa / TWO32) | 0;
+      const gLo = gpa | 0;
+      const ep4ta = this.cEp4ta;
+      this.tlb.dropGuestPhysical((c, i) => c.ep4ta[i] === ep4ta && c.covers(i, gHi, gLo));
+      if (this.regs.paging) this.dropForLinear(laHi, laLo);
+    }
+  }
+
+  /**
+   * The nested walk (APM 15.25.5): host-format tables from nCR3 in the host's
+   * 4-level mode with EFER.NXE=1; every access is a user access; guest
+   * page-table accesses are writes.
+   */
+  private nptWalk(gpa: number, type: number, final: boolean): number {
+    const mem = this.mem;
+    const r = this.res;
+    const gHi = (gpa / TWO32) | 0;
+    const gLo = gpa | 0;
+    let level = 4;
+    let table = this.addrOf(this.regs.ncr3 | 0, (this.regs.ncr3 / TWO32) | 0, 12);
+    let u = 1;
+    let w = 1;
+    let nx = 0;
+    if (this.cfg.psc && this.cfg.tlb && !this.probe) {
+      for (let k = 2; k <= 4; k++) {
+        const c = this.tlb.ePsc[k];
+        const i = c.lookup(maskHi(gHi, c.granule), maskLo(gLo, c.granule), this.gVpid, 0, 0);
+        if (i >= 0) {
+          level = k - 1;
+          table = c.hpa[i];
+          const rt = c.rights[i];
+          u = (rt & RT_ER) !== 0 ? 1 : 0;
+          w = (rt & RT_EW) !== 0 ? 1 : 0;
+          nx = (rt & RT_EX) !== 0 ? 0 : 1;
+          break;
+        }
+      }
+    }
+    const top = level;
+    const wr = (type & T_W) !== 0 ? PF_W : 0;
+    const id = (type & T_X) !== 0 ? PF_ID : 0;
+    let lo = 0;
+    let hi = 0;
+    let entryHpa = 0;
+    for (;;) {
+      entryHpa = table + indexOf(gHi, gLo, level) * 8;
+      mem.load64(entryHpa);
+      lo = mem.lo;
+      hi = mem.hi;
+      r.refs++;
+      if (this.rec !== null) this.rec.ref(Dim.Npt, level, -1, entryHpa, lo, hi, gpa, this.nptRights(u, w, nx));
+      if ((lo & 1) === 0) {
+        this.npf(gpa, wr | PF_U | id, final);
+        return S_EXIT;
+      }
+      if (this.guestReserved(lo, hi, level, true, true)) {
+        this.npf(gpa, PF_P | wr | PF_U | PF_RSVD | id, final);
+        return S_EXIT;
+      }
+      u &= lo >>> 2;
+      w &= lo >>> 1;
+      nx |= hi >>> 31;
+      this.eEntryHpa[level] = entryHpa;
+      this.eLo[level] = lo;
+      this.eHi[level] = hi;
+      this.eRights[level] = this.nptRights(u, w, nx);
+      if (level === 1 || (lo & 0x80) !== 0) break;
+      // Nested non-leaf A as the walk moves past the entry (trace-format.md, the modelled CPU).
+      if ((lo & 0x20) === 0) {
+        if (this.rec !== null) this.rec.setBits(Dim.Npt, level, entryHpa, lo, hi, lo | 0x20, hi);
+        if (!this.probe && !mem.cmpxchg64(entryHpa, lo, hi, lo | 0x20, hi)) return S_RESTART;
+        lo |= 0x20;
+        this.eLo[level] = lo;
+      }
+      table = this.addrOf(lo, hi, 12);
+      level--;
+    }
+    if (u === 0 || (wr !== 0 && w === 0) || (id !== 0 && nx !== 0)) {
+      this.npf(gpa, PF_P | wr | PF_U | id, final);
+      return S_EXIT;
+    }
+    const need = wr !== 0 ? 0x60 : 0x20;
+    if ((lo & need) !== need) {
+      if (this.rec !== null) this.rec.setBits(Dim.Npt, level, entryHpa, lo, hi, lo | need, hi);
+      if (!this.probe && !mem.cmpxchg64(entryHpa, lo, hi, lo | need, hi)) return S_RESTART;
+      lo |= need;
+    }
+    const shift = level === 3 ? 30 : level === 2 ? 21 : 12;
+    const frame = this.addrOf(lo, hi, shift);
+    const off = shift === 12 ? gLo & 0xfff : shift === 21 ? gLo & 0x1fffff : (gLo & 0x3fffffff) >>> 0;
+    this.xHpa = frame + off;
+    this.xRights = this.nptRights(u, w, nx) | ((lo & 0x40) !== 0 ? RT_EDIRTY : 0);
+    if (this.cfg.tlb && !this.probe) this.fillGuestPhysical(gHi, gLo, top, level, shift, frame + (off - (off % 4096)), gpa);
+    return S_OK;
+  }
+
+  /** NPT rights in the second-dimension slots: readable = user, writable = user and R/W, executable = user and not NX. */
+  private nptRights(u: number, w: number, nx: number): number {
+    return u === 0 ? 0 : RT_ER | (w !== 0 ? RT_EW : 0) | (nx === 0 ? RT_EX : 0);
+  }
+
+  private npf(gpa: number, err: number, final: boolean): void {
+    const r = this.res;
+    r.outcome = Outcome.Npf;
+    r.exitinfo1 = err + (final ? NPF_FINAL : NPF_GUEST_PAGE);
+    r.gpa = gpa;
+  }
+}
