@@ -24,6 +24,8 @@ export const enum Outcome {
   Ud = 7,
 }
 
+export const KIND_NAMES = ['read', 'write', 'fetch'] as const;
+
 export const OUTCOME_NAMES = ['ok', 'pf', 'gp', 'ept_violation', 'ept_misconfig', 'npf', 'vmfail', 'ud'] as const;
 
 export class AccessResult {
@@ -63,5 +65,20 @@ export class AccessResult {
     this.vmError = 0;
     this.tlbHit = false;
     this.refs = 0;
+  }
+
+  copyFrom(o: AccessResult): void {
+    this.outcome = o.outcome;
+    this.hpa = o.hpa;
+    this.gpa = o.gpa;
+    this.errorCode = o.errorCode;
+    this.laHi = o.laHi;
+    this.laLo = o.laLo;
+    this.qualification = o.qualification;
+    this.glaValid = o.glaValid;
+    this.exitinfo1 = o.exitinfo1;
+    this.vmError = o.vmError;
+    this.tlbHit = o.tlbHit;
+    this.refs = o.refs;
   }
 }

@@ -18,7 +18,7 @@ export interface TlbGeometry {
   pscWays: number;
 }
 
-export const DEFAULT_GEOMETRY: TlbGeometry = { entries: 1536, ways: 8, pscEntries: 32, pscWays: 4 };
+export const DEFAULT_GEOMETRY: TlbGeometry = { entries: 1536, ways: 12, pscEntries: 32, pscWays: 4 };
 
 export class VcpuTlb {
   readonly comb: TagCache;
