@@ -1,15 +1,19 @@
 /** The mmulab command line. */
-import { Command, Option } from 'commander';
+import { Command, CommanderError, Option } from 'commander';
 import { Runner } from '../trace/runner.js';
+import { dumpCommand, type DumpOptions } from './dump.js';
 import { loadTrace, UsageError } from './load.js';
 import { LOG_LEVELS, makeLogger } from './log.js';
+import { walkCommand, type WalkOptions } from './walk.js';
 
 const program = new Command();
 program
   .name('mmulab')
   .description('x86-64 paging hardware with EPT/NPT two-dimensional walks, and the software that drives it')
   .addOption(new Option('--log-level <level>', 'log to stderr at this level').choices(LOG_LEVELS).default('silent'))
-  .showHelpAfterError();
+  .showHelpAfterError()
+  // Usage errors commander finds (unknown option, missing argument) exit 2 like every invalid input; main() sets the code.
+  .exitOverride();
 
 program
   .command('run')
@@ -39,6 +43,35 @@ program
     if (report.failures.length > 0) process.exitCode = 1;
   });
 
+/** Print the lines of an inspector command. */
+function print(lines: string[]): void {
+  if (lines.length > 0) process.stdout.write(lines.join('\n') + '\n');
+}
+
+program
+  .command('walk')
+  .description('run a trace (up to --at), then show the page walk one access would make, without side effects')
+  .argument('<file>', 'trace file')
+  .requiredOption('--gva <addr>', 'linear address to probe')
+  .option('--vcpu <n>', 'vCPU whose registers and tables are used', '0')
+  .option('--read', 'probe a read (the default)')
+  .option('--write', 'probe a write')
+  .option('--fetch', 'probe an instruction fetch')
+  .option('--user', 'probe at CPL 3 (the register is restored afterwards)')
+  .option('--at <line>', 'run only the commands on lines <= this')
+  .option('--json', 'print one JSON object: refs, ad_writes, outcome')
+  .action((file: string, opts: WalkOptions) => print(walkCommand(file, opts)));
+
+program
+  .command('dump')
+  .description('run a trace (up to --at), then print the guest, EPT or NPT tables as a tree of present entries')
+  .argument('<file>', 'trace file')
+  .addOption(new Option('--table <which>', 'which tables').choices(['guest', 'ept', 'npt']).makeOptionMandatory())
+  .option('--vcpu <n>', 'vCPU whose CR3/EPTP/nCR3 is the root', '0')
+  .option('--at <line>', 'run only the commands on lines <= this')
+  .option('--json', 'print one JSON object: the nested tables')
+  .action((file: string, opts: DumpOptions) => print(dumpCommand(file, opts)));
+
 async function main(): Promise<void> {
   try {
     await program.parseAsync(process.argv);
@@ -46,6 +79,11 @@ async function main(): Promise<void> {
     if (e instanceof UsageError) {
       process.stderr.write(e.message + '\n');
       process.exitCode = e.exitCode;
+      return;
+    }
+    if (e instanceof CommanderError) {
+      // commander has printed the message (or the help); help and version exit 0
+      process.exitCode = e.exitCode === 0 ? 0 : 2;
       return;
     }
     throw e;

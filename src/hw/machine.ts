@@ -318,7 +318,7 @@ export class Machine {
     }
     const e = eptp ?? v.regs.eptp;
     if (!eptpValid(e, this.cfg.maxPhysAddr)) return this.fail(r, Outcome.VmFail, VMERR_INVALID_OPERAND);
-    const ep4ta = e - (e % 4096);
+    const ep4ta = e - (e & 0xfff);
     v.tlb.dropGuestPhysical((c, i) => c.ep4ta[i] === ep4ta);
     v.tlb.dropLinear((c, i) => c.ep4ta[i] === ep4ta, (c, i) => c.ep4ta[i] === ep4ta);
     return r;

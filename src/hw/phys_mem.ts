@@ -22,9 +22,13 @@ export interface PreemptHook {
 }
 
 const FRAME_WORDS = 1024; // 4 KiB as 32-bit words
-const DIR_SHIFT = 12; // frames per directory leaf: 4096 (16 MiB)
-const DIR_LIMIT = 2 ** 32; // frame numbers below this use the directory
+const EMPTY = -1;
 
+/**
+ * Frames live in one Int32Array arena, found through an open-addressing
+ * hash of frame numbers kept in typed arrays: a load is a few typed-array
+ * reads with no object in between, whatever the address.
+ */
 export class PhysMem {
   /** Result of the last load (and the old value after cmpxchg/or/and). */
   lo = 0;
@@ -33,71 +37,98 @@ export class PhysMem {
   preempt: PreemptHook | null = null;
   /** Frames allocated so far. */
   frameCount = 0;
-
-  private readonly dir: (Int32Array | undefined)[][] = [];
-  private readonly far = new Map<number, Int32Array>();
   readonly limit: number;
+
+  private words = new Int32Array(64 * FRAME_WORDS);
+  private keys = new Float64Array(256).fill(EMPTY);
+  private slots = new Int32Array(256);
+  private mask = 255;
 
   constructor(readonly maxPhysAddr: number) {
     if (!(maxPhysAddr >= 32 && maxPhysAddr <= 52)) throw new Error(`assertion: MAXPHYADDR ${maxPhysAddr} outside 32..52`);
     this.limit = 2 ** maxPhysAddr;
   }
 
-  /** The frame holding hpa, or undefined if never written. */
-  private peekFrame(fn: number): Int32Array | undefined {
-    if (fn < DIR_LIMIT) {
-      const leaf = this.dir[fn >>> DIR_SHIFT];
-      return leaf === undefined ? undefined : leaf[fn & ((1 << DIR_SHIFT) - 1)];
-    }
-    return this.far.get(fn);
+  private static hash(fn: number): number {
+    return Math.imul(fn | 0, 0x9e3779b1) ^ ((fn / 4294967296) | 0);
   }
 
-  private frame(fn: number): Int32Array {
-    let f = this.peekFrame(fn);
-    if (f !== undefined) return f;
-    f = new Int32Array(FRAME_WORDS);
-    this.frameCount++;
-    if (fn < DIR_LIMIT) {
-      let leaf = this.dir[fn >>> DIR_SHIFT];
-      if (leaf === undefined) {
-        leaf = new Array<Int32Array | undefined>(1 << DIR_SHIFT).fill(undefined);
-        this.dir[fn >>> DIR_SHIFT] = leaf;
-      }
-      leaf[fn & ((1 << DIR_SHIFT) - 1)] = f;
-    } else {
-      this.far.set(fn, f);
+  /** Word index of the frame's first word, or -1 if never written. */
+  private find(fn: number): number {
+    const keys = this.keys;
+    const mask = this.mask;
+    let h = PhysMem.hash(fn) & mask;
+    for (;;) {
+      const k = keys[h];
+      if (k === fn) return this.slots[h] * FRAME_WORDS;
+      if (k === EMPTY) return -1;
+      h = (h + 1) & mask;
     }
-    return f;
+  }
+
+  private frame(fn: number): number {
+    const at = this.find(fn);
+    return at >= 0 ? at : this.allocate(fn);
+  }
+
+  private allocate(fn: number): number {
+    const slot = this.frameCount++;
+    if ((slot + 1) * FRAME_WORDS > this.words.length) {
+      const bigger = new Int32Array(this.words.length * 2);
+      bigger.set(this.words);
+      this.words = bigger;
+    }
+    if (this.frameCount * 2 > this.mask + 1) this.rehash((this.mask + 1) * 2);
+    this.insertKey(fn, slot);
+    return slot * FRAME_WORDS;
+  }
+
+  private insertKey(fn: number, slot: number): void {
+    let h = PhysMem.hash(fn) & this.mask;
+    while (this.keys[h] !== EMPTY) h = (h + 1) & this.mask;
+    this.keys[h] = fn;
+    this.slots[h] = slot;
+  }
+
+  private rehash(size: number): void {
+    const oldKeys = this.keys;
+    const oldSlots = this.slots;
+    this.keys = new Float64Array(size).fill(EMPTY);
+    this.slots = new Int32Array(size);
+    this.mask = size - 1;
+    for (let i = 0; i < oldKeys.length; i++) if (oldKeys[i] !== EMPTY) this.insertKey(oldKeys[i], oldSlots[i]);
   }
 
   private check(hpa: number): void {
-    if (!(hpa >= 0 && hpa < this.limit && (hpa & 7) === 0 && Number.isInteger(hpa))) {
-      throw new Error(`assertion: bad 8-byte physical address ${hpa} (MAXPHYADDR ${this.maxPhysAddr})`);
-    }
+    // Bit operations see ToInt32(hpa), whose low bits are hpa's for any integer.
+    if (!(hpa >= 0 && hpa < this.limit) || (hpa & 7) !== 0) this.badAddress(hpa);
+  }
+
+  private badAddress(hpa: number): never {
+    throw new Error(`assertion: bad 8-byte physical address ${hpa} (MAXPHYADDR ${this.maxPhysAddr})`);
   }
 
   /** 8-byte little-endian load into lo/hi. Untouched memory reads as zero. */
   load64(hpa: number): void {
     if (this.preempt !== null) this.preempt.point(MemOp.Load, hpa);
     this.check(hpa);
-    const f = this.peekFrame((hpa - (hpa & 0xfff)) / 4096);
-    if (f === undefined) {
+    const at = this.find(Math.floor(hpa / 4096));
+    if (at < 0) {
       this.lo = 0;
       this.hi = 0;
       return;
     }
-    const w = (hpa & 0xff8) >>> 2;
-    this.lo = f[w];
-    this.hi = f[w + 1];
+    const w = at + ((hpa & 0xff8) >>> 2);
+    this.lo = this.words[w];
+    this.hi = this.words[w + 1];
   }
 
   store64(hpa: number, lo: number, hi: number): void {
     if (this.preempt !== null) this.preempt.point(MemOp.Store, hpa);
     this.check(hpa);
-    const f = this.frame((hpa - (hpa & 0xfff)) / 4096);
-    const w = (hpa & 0xff8) >>> 2;
-    f[w] = lo;
-    f[w + 1] = hi;
+    const w = this.frame(Math.floor(hpa / 4096)) + ((hpa & 0xff8) >>> 2);
+    this.words[w] = lo;
+    this.words[w + 1] = hi;
   }
 
   /**
@@ -107,15 +138,15 @@ export class PhysMem {
   cmpxchg64(hpa: number, expLo: number, expHi: number, newLo: number, newHi: number): boolean {
     if (this.preempt !== null) this.preempt.point(MemOp.Cmpxchg, hpa);
     this.check(hpa);
-    const f = this.frame((hpa - (hpa & 0xfff)) / 4096);
-    const w = (hpa & 0xff8) >>> 2;
-    const lo = f[w];
-    const hi = f[w + 1];
+    const w = this.frame(Math.floor(hpa / 4096)) + ((hpa & 0xff8) >>> 2);
+    const words = this.words;
+    const lo = words[w];
+    const hi = words[w + 1];
     this.lo = lo;
     this.hi = hi;
     if (lo !== (expLo | 0) || hi !== (expHi | 0)) return false;
-    f[w] = newLo;
-    f[w + 1] = newHi;
+    words[w] = newLo;
+    words[w + 1] = newHi;
     return true;
   }
 
@@ -123,23 +154,23 @@ export class PhysMem {
   or64(hpa: number, lo: number, hi: number): void {
     if (this.preempt !== null) this.preempt.point(MemOp.Or, hpa);
     this.check(hpa);
-    const f = this.frame((hpa - (hpa & 0xfff)) / 4096);
-    const w = (hpa & 0xff8) >>> 2;
-    this.lo = f[w];
-    this.hi = f[w + 1];
-    f[w] |= lo;
-    f[w + 1] |= hi;
+    const w = this.frame(Math.floor(hpa / 4096)) + ((hpa & 0xff8) >>> 2);
+    const words = this.words;
+    this.lo = words[w];
+    this.hi = words[w + 1];
+    words[w] |= lo;
+    words[w + 1] |= hi;
   }
 
   /** Atomic AND (LOCK AND / clear_bit); the old value is left in lo/hi. */
   and64(hpa: number, lo: number, hi: number): void {
     if (this.preempt !== null) this.preempt.point(MemOp.And, hpa);
     this.check(hpa);
-    const f = this.frame((hpa - (hpa & 0xfff)) / 4096);
-    const w = (hpa & 0xff8) >>> 2;
-    this.lo = f[w];
-    this.hi = f[w + 1];
-    f[w] &= lo;
-    f[w + 1] &= hi;
+    const w = this.frame(Math.floor(hpa / 4096)) + ((hpa & 0xff8) >>> 2);
+    const words = this.words;
+    this.lo = words[w];
+    this.hi = words[w + 1];
+    words[w] &= lo;
+    words[w + 1] &= hi;
   }
 }

@@ -63,6 +63,6 @@ export class VcpuRegs {
   }
   /** EP4TA: EPTP[51:12], the tag of guest-physical and combined mappings. */
   get ep4ta(): number {
-    return this.eptp - (this.eptp % 4096);
+    return this.eptp - (this.eptp & 0xfff);
   }
 }

@@ -349,10 +349,10 @@ export class Mmu {
     if (this.cfg.tlb && !this.probe) {
       const dirty = (lo & 0x40) !== 0 && (finalRt & RT_EDIRTY) !== 0 ? RT_DIRTY : 0;
       const global = (lo & 0x100) !== 0 && (regs.cr4 & CR4_PGE) !== 0;
-      const hoff = hpa % 4096;
+      const hoff = hpa & 0xfff;
       this.tlb.comb.insert(
         laHi, laLo & ~0xfff, this.cVpid, this.cPcid, this.cEp4ta, global, shift,
-        hpa - hoff, finalGpa - (finalGpa % 4096),
+        hpa - hoff, finalGpa - (finalGpa & 0xfff),
         rw | (us << 1) | (xd << 2) | dirty | (pkey << RT_PKEY_SHIFT) | (finalRt & (RT_ER | RT_EW | RT_EX | RT_EDIRTY)),
       );
       if (this.cfg.psc) {
@@ -476,7 +476,7 @@ export class Mmu {
       if (i >= 0) {
         const rt = c.rights[i];
         if (((rt >>> RT_E_SHIFT) & type) === type && ((type & T_W) === 0 || (rt & RT_EDIRTY) !== 0)) {
-          this.xHpa = c.hpa[i] + (gpa % 4096);
+          this.xHpa = c.hpa[i] + (gpa & 0xfff);
           this.xRights = rt;
           return S_OK;
         }
@@ -545,7 +545,7 @@ export class Mmu {
       this.eEntryHpa[level] = entryHpa;
       this.eLo[level] = lo;
       this.eHi[level] = hi;
-      this.eRights[level] = rights;
+      this.eRights[level] = rights << RT_E_SHIFT;
       if (level === 1 || (lo & 0x80) !== 0) break;
       table = this.addrOf(lo, hi, 12);
       level--;
@@ -574,17 +574,17 @@ export class Mmu {
     }
     this.xHpa = frame + off;
     this.xRights = (rights << RT_E_SHIFT) | dirty;
-    if (this.cfg.tlb && !this.probe) this.fillGuestPhysical(gHi, gLo, top, level, shift, frame + (off - (off % 4096)), gpa);
+    if (this.cfg.tlb && !this.probe) this.fillGuestPhysical(gHi, gLo, top, level, shift, frame + (off - (off & 0xfff)), gpa);
     return S_OK;
   }
 
   private fillGuestPhysical(gHi: number, gLo: number, top: number, leafLevel: number, shift: number, hpaFrame: number, gpa: number): void {
-    this.tlb.gpa.insert(gHi, gLo & ~0xfff, this.gVpid, 0, this.cEp4ta, false, shift, hpaFrame, gpa - (gpa % 4096), this.xRights);
+    this.tlb.gpa.insert(gHi, gLo & ~0xfff, this.gVpid, 0, this.cEp4ta, false, shift, hpaFrame, gpa - (gpa & 0xfff), this.xRights);
     if (!this.cfg.psc) return;
     for (let k = top; k > leafLevel; k--) {
       const c = this.tlb.ePsc[k];
       const next = this.addrOf(this.eLo[k], this.eHi[k], 12);
-      c.insert(maskHi(gHi, c.granule), maskLo(gLo, c.granule), this.gVpid, 0, this.cEp4ta, false, c.granule, next, -1, this.eRights[k] << RT_E_SHIFT);
+      c.insert(maskHi(gHi, c.granule), maskLo(gLo, c.granule), this.gVpid, 0, this.cEp4ta, false, c.granule, next, -1, this.eRights[k]);
     }
   }
 
@@ -690,7 +690,7 @@ export class Mmu {
     const off = shift === 12 ? gLo & 0xfff : shift === 21 ? gLo & 0x1fffff : (gLo & 0x3fffffff) >>> 0;
     this.xHpa = frame + off;
     this.xRights = this.nptRights(u, w, nx) | ((lo & 0x40) !== 0 ? RT_EDIRTY : 0);
-    if (this.cfg.tlb && !this.probe) this.fillGuestPhysical(gHi, gLo, top, level, shift, frame + (off - (off % 4096)), gpa);
+    if (this.cfg.tlb && !this.probe) this.fillGuestPhysical(gHi, gLo, top, level, shift, frame + (off - (off & 0xfff)), gpa);
     return S_OK;
   }
 

@@ -40,7 +40,7 @@ export class Setup {
   readonly cr3: number;
   /** Writer of EPT or NPT tables (hPA space), and its root. */
   readonly second: TableWriter | null = null;
-  readonly root2 = 0;
+  readonly root2: number = 0;
   readonly guestLevels: 4 | 5;
   readonly eptLevels: 4 | 5;
 
