@@ -1,5 +1,6 @@
 /** The mmulab command line. */
 import { Command, CommanderError, Option } from 'commander';
+import { TraceError } from '../trace/ast.js';
 import { Runner } from '../trace/runner.js';
 import { dumpCommand, type DumpOptions } from './dump.js';
 import { loadTrace, UsageError } from './load.js';
@@ -76,9 +77,9 @@ async function main(): Promise<void> {
   try {
     await program.parseAsync(process.argv);
   } catch (e) {
-    if (e instanceof UsageError) {
+    if (e instanceof UsageError || e instanceof TraceError) {
       process.stderr.write(e.message + '\n');
-      process.exitCode = e.exitCode;
+      process.exitCode = e instanceof UsageError ? e.exitCode : 2;
       return;
     }
     if (e instanceof CommanderError) {

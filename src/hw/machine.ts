@@ -172,6 +172,10 @@ export class Machine {
     const old = v.regs.cr0;
     if ((old & CR0_PG) !== 0 && (value & CR0_PG) === 0 && (v.regs.cr4 & CR4_PCIDE) !== 0) return this.fail(r, Outcome.Gp);
     v.regs.cr0 = value | 0;
+    if ((old & CR0_PG) === 0 && (value & CR0_PG) !== 0 && v.regs.paePaging && !v.mmu.loadPdptes(v.regs.cr3)) {
+      v.regs.cr0 = old; // entering PAE paging loads the PDPTEs; a bad one fails the MOV
+      return r;
+    }
     if ((old & CR0_PG) !== 0 && (value & CR0_PG) === 0) this.dropTag(v, this.linearTag(v), false);
     return r;
   }
@@ -189,6 +193,7 @@ export class Machine {
     const m = this.cfg.maxPhysAddr;
     const value = (h >>> 0) * 4294967296 + (lo >>> 0);
     if (h < 0 || value >= 2 ** m) return this.fail(r, Outcome.Gp);
+    if (v.regs.paePaging && !v.mmu.loadPdptes(value)) return r;
     v.regs.cr3 = value;
     if (!noFlush) this.dropTag(v, this.linearTag(v), true, pcide ? lo & 0xfff : 0);
     return r;
@@ -205,6 +210,10 @@ export class Machine {
     }
     const pcid = v.regs.pcid;
     v.regs.cr4 = value | 0;
+    if ((changed & (CR4_PAE | CR4_PGE | CR4_SMEP)) !== 0 && v.regs.paePaging && !v.mmu.loadPdptes(v.regs.cr3)) {
+      v.regs.cr4 = old; // SDM 4.4.1: this MOV to CR4 loads the PDPTEs in PAE mode
+      return r;
+    }
     const tag = this.linearTag(v);
     if ((changed & (CR4_PGE | CR4_LA57)) !== 0 || ((old & CR4_PCIDE) !== 0 && (value & CR4_PCIDE) === 0)) {
       this.dropTag(v, tag, false);

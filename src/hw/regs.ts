@@ -40,6 +40,14 @@ export class VcpuRegs {
   ncr3 = 0;
   vpid = 0;
   asid = 1;
+  /** PAE PDPTE registers (SDM 4.4.1), loaded by MOV to CR3/CR0/CR4 in PAE mode. */
+  readonly pdpteLo = new Int32Array(4);
+  readonly pdpteHi = new Int32Array(4);
+
+  /** PAE paging: CR0.PG=1, CR4.PAE=1, EFER.LMA=0. */
+  get paePaging(): boolean {
+    return (this.cr0 & CR0_PG) !== 0 && (this.cr4 & CR4_PAE) !== 0 && (this.efer & EFER_LMA) === 0;
+  }
 
   get pcid(): number {
     return this.cr4 & CR4_PCIDE ? this.cr3 & 0xfff : 0;

@@ -82,3 +82,11 @@ export class AccessResult {
     this.refs = o.refs;
   }
 }
+
+/** The trace asked for hardware behaviour the model does not have (reported as bad input, never as a result). */
+export class UnsupportedError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'UnsupportedError';
+  }
+}

@@ -9,9 +9,9 @@
  */
 import { PhysMem } from './phys_mem.js';
 import {
-  CR0_WP, CR4_PGE, CR4_PKE, CR4_PKS, CR4_SMAP, CR4_SMEP, EFER_LMA, VcpuRegs,
+  CR0_WP, CR4_PAE, CR4_PGE, CR4_PKE, CR4_PKS, CR4_SMAP, CR4_SMEP, EFER_LMA, VcpuRegs,
 } from './regs.js';
-import { AccessKind, AccessResult, Outcome } from './result.js';
+import { AccessKind, AccessResult, Outcome, UnsupportedError } from './result.js';
 import {
   RT_DIRTY, RT_EDIRTY, RT_ER, RT_EW, RT_EX, RT_E_SHIFT, RT_PKEY_SHIFT, RT_RW, RT_US, RT_XD,
 } from './rights.js';
@@ -104,6 +104,8 @@ export class Mmu {
   /** Address bits [M-1:32] of the high half. */
   private readonly addrHi: number;
 
+  /** A PAE PDPTE load is in progress: its EPT exits carry no guest-linear address. */
+  private pdpteLoad = false;
   // Output of xlateGpa.
   private xHpa = 0;
   private xRights = 0;
@@ -175,6 +177,11 @@ export class Mmu {
       this.translateUnpaged(laLo, kind);
       return;
     }
+    if ((regs.efer & EFER_LMA) === 0) {
+      // Outside long mode linear addresses are 32 bits; only PAE paging is modelled.
+      if ((regs.cr4 & CR4_PAE) === 0) throw new UnsupportedError('32-bit (non-PAE) paging is not modelled: set CR4.PAE');
+      laHi = 0;
+    }
     const useTlb = this.cfg.tlb && !this.probe;
     if (useTlb) {
       const c = this.tlb.comb;
@@ -238,23 +245,27 @@ export class Mmu {
     const regs = this.regs;
     const mem = this.mem;
     const mode = this.cfg.mode;
-    const levels = regs.la57 ? 5 : 4;
+    const pae = (regs.efer & EFER_LMA) === 0;
+    // PAE: the PDPTE (level 3) comes from a register or, under NPT, from memory; walks below start at the PD.
+    const levels = pae ? 2 : regs.la57 ? 5 : 4;
     const nxe = regs.nxe;
     const walkType = mode === Mode.Ept ? (regs.eptAd ? T_R | T_W : T_R) : T_R | T_W;
 
     let level = levels;
-    let tableGpa = this.addrOf(regs.cr3, 0, 12) + (regs.cr3 >= TWO32 ? this.addrOf(0, (regs.cr3 / TWO32) | 0, 12) : 0);
+    let tableGpa = this.addrOf(regs.cr3 | 0, (regs.cr3 / TWO32) | 0, 12);
     let tableHpa = mode === Mode.Native ? tableGpa : -1;
     let tableRt = mode === Mode.Native ? RT_ER | RT_EW | RT_EX | RT_EDIRTY : 0;
     let rw = 1;
     let us = 1;
     let xd = 0;
+    let pscHit = false;
 
     if (this.cfg.psc && this.cfg.tlb && !this.probe) {
       for (let k = 2; k <= levels; k++) {
         const c = this.tlb.gPsc[k];
         const i = c.lookup(maskHi(laHi, c.granule), maskLo(laLo, c.granule), this.cVpid, this.cPcid, this.cEp4ta);
         if (i >= 0) {
+          pscHit = true;
           level = k - 1;
           tableGpa = c.gpa[i];
           tableHpa = c.hpa[i];
@@ -266,6 +277,13 @@ export class Mmu {
           break;
         }
       }
+    }
+    if (pae && !pscHit) {
+      // No PDE-cache hit: find the PD through the PDPTE.
+      const s = this.paePdpte(laLo, walkType, implicit, kind);
+      if (s !== S_OK) return s;
+      tableGpa = this.xHpa;
+      tableHpa = mode === Mode.Native ? tableGpa : -1;
     }
     const top = level;
 
@@ -298,7 +316,8 @@ export class Mmu {
         this.pageFault(laHi, laLo, this.userBit(implicit) | (kind === AccessKind.Write ? PF_W : 0) | this.fetchBit(kind));
         return S_EXIT;
       }
-      if (this.guestReserved(lo, hi, level, nxe, mode === Mode.Npt)) {
+      // PAE reserves bits 62:52 too (SDM 4.4.2); long mode ignores or uses them.
+      if ((pae && (hi & 0x7ff00000) !== 0) || this.guestReserved(lo, hi, level, nxe, mode === Mode.Npt)) {
         this.pageFault(laHi, laLo, PF_P | PF_RSVD | this.userBit(implicit) | (kind === AccessKind.Write ? PF_W : 0) | this.fetchBit(kind));
         return S_EXIT;
       }
@@ -364,6 +383,90 @@ export class Mmu {
       }
     }
     return S_OK;
+  }
+
+  /**
+   * The PAE PDPTE for the address (SDM 4.4.1): from the PDPTE registers, or
+   * under NPT read on demand from guest memory (hw.md 6.5), so its faults come
+   * at walk time. On S_OK xHpa holds the page-directory address.
+   */
+  private paePdpte(laLo: number, walkType: number, implicit: boolean, kind: AccessKind): number {
+    const regs = this.regs;
+    const idx = (laLo >>> 30) & 3;
+    let lo = regs.pdpteLo[idx];
+    let hi = regs.pdpteHi[idx];
+    if (this.cfg.mode === Mode.Npt) {
+      const gpa = (regs.cr3 & 0xffffffe0) >>> 0;
+      const entryGpa = gpa + idx * 8;
+      const s = this.xlateGpa(entryGpa, walkType, false, 0, laLo);
+      if (s !== S_OK) return s;
+      this.mem.load64(this.xHpa);
+      lo = this.mem.lo;
+      hi = this.mem.hi;
+      this.res.refs++;
+      if (this.rec !== null) this.rec.ref(Dim.Guest, 3, entryGpa, this.xHpa, lo, hi, -1, RT_RW | RT_US);
+    }
+    const err = this.userBit(implicit) | (kind === AccessKind.Write ? PF_W : 0) | this.fetchBit(kind);
+    if ((lo & 1) === 0) {
+      this.pageFault(0, laLo, err);
+      return S_EXIT;
+    }
+    if (this.paePdpteReserved(lo, hi)) {
+      this.pageFault(0, laLo, err | PF_P | PF_RSVD);
+      return S_EXIT;
+    }
+    this.xHpa = this.addrOf(lo, hi, 12);
+    return S_OK;
+  }
+
+  /** Reserved bits of a present PAE PDPTE: 2:1, 8:5 and 63:M (SDM 4.4.1, table 4-8). */
+  paePdpteReserved(lo: number, hi: number): boolean {
+    return (lo & 0x1e6) !== 0 || (hi & (this.rsvdHi | 0xfff00000)) !== 0;
+  }
+
+  /**
+   * Load the four PDPTE registers from the 32-byte-aligned table at CR3
+   * (SDM 4.4.1; under EPT through EPT as reads with no guest-linear address,
+   * hw.md 5.5). Under NPT nothing is loaded (hw.md 6.5). Returns false with
+   * `res` holding #GP (reserved bit) or the VM exit.
+   */
+  loadPdptes(cr3: number): boolean {
+    const regs = this.regs;
+    const r = this.res;
+    if (this.cfg.mode === Mode.Npt) return true;
+    this.setContext();
+    const base = (cr3 & 0xffffffe0) >>> 0;
+    const lo = [0, 0, 0, 0];
+    const hi = [0, 0, 0, 0];
+    for (let i = 0; i < 4; i++) {
+      let hpa = base + i * 8;
+      if (this.cfg.mode === Mode.Ept) {
+        this.pdpteLoad = true;
+        let s = S_RESTART;
+        try {
+          for (let n = 0; s === S_RESTART; n++) {
+            if (n > MAX_RESTARTS) throw new Error('assertion: PDPTE load restarted more than 1000 times');
+            s = this.xlateGpa(hpa, T_R, false, 0, 0);
+          }
+        } finally {
+          this.pdpteLoad = false;
+        }
+        if (s !== S_OK) return false;
+        hpa = this.xHpa;
+      }
+      this.mem.load64(hpa);
+      lo[i] = this.mem.lo;
+      hi[i] = this.mem.hi;
+      if ((lo[i] & 1) !== 0 && this.paePdpteReserved(lo[i], hi[i])) {
+        r.outcome = Outcome.Gp;
+        return false;
+      }
+    }
+    for (let i = 0; i < 4; i++) {
+      regs.pdpteLo[i] = lo[i];
+      regs.pdpteHi[i] = hi[i];
+    }
+    return true;
   }
 
   /**
@@ -592,8 +695,8 @@ export class Mmu {
     const r = this.res;
     r.outcome = Outcome.EptViolation;
     r.gpa = gpa;
-    r.qualification = type | (rights << 3) | EQ_GLA_VALID | (final ? EQ_TRANSLATED : 0);
-    r.glaValid = true;
+    r.glaValid = !this.pdpteLoad;
+    r.qualification = type | (rights << 3) | (r.glaValid ? EQ_GLA_VALID : 0) | (final ? EQ_TRANSLATED : 0);
     r.laHi = laHi;
     r.laLo = laLo;
     if (this.cfg.tlb && !this.probe) {
@@ -602,7 +705,7 @@ export class Mmu {
       const gLo = gpa | 0;
       const ep4ta = this.cEp4ta;
       this.tlb.dropGuestPhysical((c, i) => c.ep4ta[i] === ep4ta && c.covers(i, gHi, gLo));
-      if (this.regs.paging) this.dropForLinear(laHi, laLo);
+      if (this.regs.paging && r.glaValid) this.dropForLinear(laHi, laLo);
     }
   }
 

@@ -5,9 +5,9 @@
  */
 import type Long from 'long';
 import { Machine } from '../hw/machine.js';
-import { AccessResult, KIND_NAMES, OUTCOME_NAMES, Outcome } from '../hw/result.js';
+import { AccessResult, KIND_NAMES, OUTCOME_NAMES, Outcome, UnsupportedError } from '../hw/result.js';
 import { Mode } from '../hw/walk.js';
-import type { Trace } from './ast.js';
+import { TraceError, type Trace } from './ast.js';
 import { describeResult } from './describe.js';
 import { hexNum, hexPair } from './hex.js';
 import { argLong, argNum, argStr, compileSteps, machineStep, Step } from './steps.js';
@@ -102,7 +102,12 @@ export class Runner {
     const upTo = this.opts.upToLine ?? Infinity;
     for (const s of this.steps) {
       if (s.line > upTo) break;
-      this.step(s);
+      try {
+        this.step(s);
+      } catch (e) {
+        if (e instanceof UnsupportedError) throw new TraceError(this.trace.file, s.line, s.cmd.col, e.message);
+        throw e;
+      }
     }
     return { machine: this.machine, failures: this.failures, accesses: this.accesses, last: this.lastFields() };
   }
