@@ -10,10 +10,11 @@
 import { hexNum } from '../trace/hex.js';
 import { eptEntryFlags, guestEntryFlags } from '../hw/decode.js';
 import type { Machine } from '../hw/machine.js';
+import { EFER_LMA } from '../hw/regs.js';
 import { Dim, Mode } from '../hw/walk.js';
 import { UsageError } from './load.js';
 import {
-  columns, hex16n, isLeaf, levelName, MODE_NAMES, pageBytes, pageSizeName, runForInspection, type InspectOptions,
+  columns, hex16n, isLeaf, isPae, levelName, MODE_NAMES, pageBytes, pageSizeName, paePdpteFlags, runForInspection, type InspectOptions,
 } from './walk.js';
 
 export const TABLES = ['guest', 'ept', 'npt'] as const;
@@ -50,6 +51,7 @@ export interface Dump {
   mode: Mode;
   vcpu: number;
   levels: number;
+  pae: boolean;
   /** Root table: gPA (guest tables under EPT/NPT) or hPA. */
   root: bigint;
   rootHpa?: bigint;
@@ -72,6 +74,8 @@ class Dumper {
   private readonly mask: bigint;
   count = 0;
   truncated = false;
+  /** PAE guest tables: PDEs and PTEs reserve bits 62:52 too (SDM 4.4.2). */
+  pae = false;
 
   constructor(readonly m: Machine, readonly vcpu: number) {
     this.mask = (1n << BigInt(m.cfg.maxPhysAddr)) - 1n;
@@ -117,6 +121,36 @@ class Dumper {
     return { error: 'assertion: walk did not end' };
   }
 
+  /**
+   * The four PAE PDPTEs (SDM 4.4.1): the PDPTE registers, which the walk
+   * uses (native, EPT), or under NPT the 32-byte table at CR3 in memory.
+   */
+  paeTop(pdptes: [number, number][]): DumpEntry[] {
+    const out: DumpEntry[] = [];
+    const mmu = this.m.vcpu(this.vcpu).mmu;
+    pdptes.forEach(([lo, hi], index) => {
+      if ((lo & 1) === 0) return;
+      this.count++;
+      const v = (BigInt(hi >>> 0) << 32n) | BigInt(lo >>> 0);
+      const start = BigInt(index) << 30n;
+      const entry: DumpEntry = { level: 3, index, start, end: start + (1n << 30n) - 1n, value: v, leaf: false, children: [], flags: paePdpteFlags(lo) };
+      if (mmu.paePdpteReserved(lo, hi)) entry.problem = 'reserved bits set';
+      entry.table = this.addr(v, 12);
+      let next: bigint | null = entry.table;
+      if (this.m.cfg.mode !== Mode.Native) {
+        const x = this.translate(entry.table);
+        if ('hpa' in x) entry.hpa = next = x.hpa;
+        else {
+          entry.error = x.error;
+          next = null;
+        }
+      }
+      if (next !== null) entry.children = this.walk(Dim.Guest, next, 2, 3, start);
+      out.push(entry);
+    });
+    return out;
+  }
+
   /** The present entries of the table at `tableGpa` (its hPA `tableHpa`), recursively. */
   walk(dim: Dim, tableHpa: bigint, level: number, levels: number, base: bigint): DumpEntry[] {
     const out: DumpEntry[] = [];
@@ -143,7 +177,7 @@ class Dumper {
       };
       const bad = dim === Dim.Ept
         ? mmu.eptMisconfigured(e.lo, e.hi, level)
-        : mmu.guestReserved(e.lo, e.hi, level, dim === Dim.Npt || this.regs.nxe, dim === Dim.Npt || mode === Mode.Npt);
+        : (this.pae && dim === Dim.Guest && (e.hi & 0x7ff00000) !== 0) || mmu.guestReserved(e.lo, e.hi, level, dim === Dim.Npt || this.regs.nxe, dim === Dim.Npt || mode === Mode.Npt);
       if (bad) entry.problem = dim === Dim.Ept ? 'EPT misconfiguration' : 'reserved bits set';
       if (leaf) {
         entry.target = this.addr(e.v, 12 + 9 * (level - 1));
@@ -183,11 +217,23 @@ export function dumpTables(m: Machine, vcpu: number, table: TableName): Dump {
   let root: bigint;
   let rootHpa: bigint | undefined;
   let rootError: string | undefined;
+  const pae = isPae(m, vcpu);
+  let pdptes: [number, number][] | null = null;
   if (table === 'guest') {
     dim = Dim.Guest;
-    levels = regs.la57 ? 5 : 4;
-    root = d.addr(BigInt(regs.cr3), 12);
+    levels = pae ? 3 : regs.la57 ? 5 : 4;
+    root = pae ? BigInt(regs.cr3) & 0xffffffe0n : d.addr(BigInt(regs.cr3), 12);
+    if (regs.paging && !pae && (regs.efer & EFER_LMA) === 0) throw new UsageError('dump: 32-bit (non-PAE) paging is not modelled: set CR4.PAE');
     if (!regs.paging) notes.push('CR0.PG=0: paging is off; the tables at CR3 are shown anyway');
+    if (pae) {
+      d.pae = true;
+      if (mode !== Mode.Npt) {
+        pdptes = [0, 1, 2, 3].map((i) => [regs.pdpteLo[i], regs.pdpteHi[i]]);
+        notes.push('PAE paging: the PDPTEs shown are the PDPTE registers (loaded by the last MOV to CR3/CR0/CR4), not memory at CR3');
+      } else {
+        notes.push('PAE paging under NPT: the PDPTEs are read from memory at CR3 on each walk');
+      }
+    }
     if (mode === Mode.Native) rootHpa = root;
     else {
       const x = d.translate(root);
@@ -203,10 +249,16 @@ export function dumpTables(m: Machine, vcpu: number, table: TableName): Dump {
     levels = 4;
     root = rootHpa = d.addr(BigInt(regs.ncr3), 12);
   }
-  const entries = rootHpa === undefined ? [] : d.walk(dim, rootHpa, levels, levels, 0n);
+  if (pae && table === 'guest' && pdptes === null && rootHpa !== undefined) {
+    pdptes = [0, 1, 2, 3].map((i) => {
+      const e = d.load(rootHpa! + BigInt(i) * 8n);
+      return [e.lo, e.hi];
+    });
+  }
+  const entries = pdptes !== null ? d.paeTop(pdptes) : rootHpa === undefined ? [] : d.walk(dim, rootHpa, levels, levels, 0n);
   if (d.truncated) notes.push(`stopped after ${MAX_ENTRIES} present entries`);
   return {
-    table, dim, mode, vcpu, levels, root, entries, count: d.count, truncated: d.truncated, notes,
+    table, dim, mode, vcpu, levels, pae: pae && table === 'guest', root, entries, count: d.count, truncated: d.truncated, notes,
     ...(rootHpa !== undefined ? { rootHpa } : {}),
     ...(rootError !== undefined ? { rootError } : {}),
   };
@@ -223,7 +275,7 @@ function rootLine(dump: Dump, m: Machine): string {
     case 'guest': {
       const via = dump.mode === Mode.Ept ? 'EPT' : 'NPT';
       const where = !twoDim ? '' : dump.rootHpa !== undefined ? ` (hPA ${h(dump.rootHpa)})` : ` (${dump.rootError})`;
-      return `guest tables of vcpu${dump.vcpu}: CR3 ${hexNum(regs.cr3)}, root ${twoDim ? 'gPA ' : ''}${h(dump.root)}${where}, ${dump.levels}-level` +
+      return `guest tables of vcpu${dump.vcpu}: CR3 ${hexNum(regs.cr3)}, root ${twoDim ? 'gPA ' : ''}${h(dump.root)}${where}, ${dump.pae ? 'PAE' : `${dump.levels}-level`}` +
         (twoDim ? `; table and page gPAs translated through ${via}` : '');
     }
     case 'ept':
@@ -293,6 +345,7 @@ export function dumpJson(dump: Dump, file: string, at: number | null): Record<st
     table: dump.table,
     vcpu: dump.vcpu,
     levels: dump.levels,
+    ...(dump.pae ? { pae: true } : {}),
     root: h(dump.root),
     ...(dump.rootHpa !== undefined && dump.table === 'guest' && dump.mode !== Mode.Native ? { root_hpa: h(dump.rootHpa) } : {}),
     ...(dump.rootError !== undefined ? { error: dump.rootError } : {}),

@@ -22,8 +22,9 @@ import {
   bitByBit, EPT_QUAL_BITS, eptEntryFlags, eptQualNames, guestEntryFlags, NPF_BITS, npfNames, PF_BITS, pfErrorNames,
 } from '../hw/decode.js';
 import type { Machine } from '../hw/machine.js';
-import { AccessKind, AccessResult, KIND_NAMES, OUTCOME_NAMES, Outcome } from '../hw/result.js';
+import { AccessKind, AccessResult, KIND_NAMES, OUTCOME_NAMES, Outcome, UnsupportedError } from '../hw/result.js';
 import { RT_E_SHIFT } from '../hw/rights.js';
+import { CR4_PAE, EFER_LMA } from '../hw/regs.js';
 import { Dim, Mode, type WalkRecorder } from '../hw/walk.js';
 import { loadTrace, parseOptionNumber, UsageError } from './load.js';
 
@@ -65,6 +66,18 @@ export function pageBytes(level: number): number {
 /** Whether an entry at this level maps a page (PS=1 at PDPTE/PDE, or a PTE). */
 export function isLeaf(lo: number, level: number): boolean {
   return level === 1 || (level <= 3 && (lo & 0x80) !== 0);
+}
+
+/** Whether the vCPU uses PAE paging (CR0.PG=1, CR4.PAE=1, EFER.LMA=0): 32-bit linear addresses, PDPTE registers. */
+export function isPae(m: Machine, vcpu: number): boolean {
+  const r = m.vcpu(vcpu).regs;
+  return r.paging && (r.efer & EFER_LMA) === 0 && (r.cr4 & CR4_PAE) !== 0;
+}
+
+/** Flags of a PAE PDPTE (SDM table 4-8: only P, PWT and PCD), upper case when set. */
+export function paePdpteFlags(lo: number): string {
+  const f = (set: boolean, name: string) => (set ? name.toUpperCase() : name);
+  return [f((lo & 0x10) !== 0, 'pcd'), f((lo & 8) !== 0, 'pwt'), f((lo & 1) !== 0, 'p')].join(' ');
 }
 
 /** Options common to both inspectors, as commander hands them over (strings). */
@@ -163,6 +176,10 @@ export interface WalkProbe {
   gva: bigint;
   kind: AccessKind;
   cpl: number;
+  /** PAE paging: the PDPTE comes from a register (native, EPT) or memory (NPT). */
+  pae: boolean;
+  /** PAE outside NPT: the PDPTE register the access uses, [index, lo, hi]. */
+  pdpte: [number, number, number] | null;
   refs: WalkRef[];
   writes: AdWrite[];
   /** A copy of the probe's result. */
@@ -195,11 +212,14 @@ class Recorder implements WalkRecorder {
   private nW = 1;
   private nNx = 0;
 
-  constructor(private readonly nxe: boolean, private readonly twoDim: boolean) {}
+  constructor(private readonly nxe: boolean, private readonly twoDim: boolean, private readonly pae: boolean) {}
 
   ref(dim: Dim, level: number, entryGpa: number, entryHpa: number, lo: number, hi: number, target: number, rights: number): void {
     let r = '-';
-    if (dim === Dim.Guest) {
+    if (dim === Dim.Guest && this.pae && level === 3) {
+      // A PAE PDPTE (read from memory under NPT) has no R/W, U/S or XD.
+      if ((lo & 1) !== 0) r = x86Rights(rights & 1, (rights >>> 1) & 1, (rights >>> 2) & 1);
+    } else if (dim === Dim.Guest) {
       if ((lo & 1) !== 0) r = x86Rights(rights & (lo >>> 1) & 1, (rights >>> 1) & (lo >>> 2) & 1, ((rights >>> 2) & 1) | (this.nxe && hi < 0 ? 1 : 0));
     } else if (dim === Dim.Ept) {
       if ((lo & 7) !== 0) r = eptRights((rights >>> RT_E_SHIFT) & lo & 7);
@@ -246,7 +266,8 @@ class Recorder implements WalkRecorder {
  */
 export function probeWalk(m: Machine, vcpu: number, gva: bigint, kind: AccessKind, user: boolean): WalkProbe {
   const regs = m.vcpu(vcpu).regs;
-  const rec = new Recorder(regs.nxe, m.cfg.mode !== Mode.Native);
+  const pae = isPae(m, vcpu);
+  const rec = new Recorder(regs.nxe, m.cfg.mode !== Mode.Native, pae);
   const savedCpl = regs.cpl;
   const hi = Number((gva >> 32n) & 0xffffffffn) | 0;
   const lo = Number(gva & 0xffffffffn) | 0;
@@ -259,7 +280,12 @@ export function probeWalk(m: Machine, vcpu: number, gva: bigint, kind: AccessKin
   } finally {
     regs.cpl = savedCpl;
   }
-  return { mode: m.cfg.mode, vcpu, gva, kind, cpl, refs: rec.refs, writes: rec.writes, result };
+  let pdpte: [number, number, number] | null = null;
+  if (pae && m.cfg.mode !== Mode.Npt) {
+    const i = (lo >>> 30) & 3;
+    pdpte = [i, regs.pdpteLo[i], regs.pdpteHi[i]];
+  }
+  return { mode: m.cfg.mode, vcpu, gva, kind, cpl, pae, pdpte, refs: rec.refs, writes: rec.writes, result };
 }
 
 /** The level of the last reference of a dimension (the leaf of the final translation when the access succeeded). */
@@ -271,7 +297,8 @@ function lastLevel(p: WalkProbe, second: boolean): number {
   return 0;
 }
 
-function entryFlags(dim: Dim, lo: number, hi: number, level: number): string {
+function entryFlags(dim: Dim, lo: number, hi: number, level: number, pae = false): string {
+  if (pae && dim === Dim.Guest && level === 3) return paePdpteFlags(lo);
   return dim === Dim.Ept ? eptEntryFlags(lo, hi, level) : guestEntryFlags(lo, hi, level);
 }
 
@@ -317,6 +344,7 @@ export function walkJson(p: WalkProbe, file: string, at: number | null): Record<
     gva: hexPair(hi, lo),
     kind: KIND_NAMES[p.kind],
     cpl: p.cpl,
+    ...(p.pdpte !== null ? { pdpte_register: { index: p.pdpte[0], value: hexPair(p.pdpte[2], p.pdpte[1]) } } : {}),
     refs: p.refs.map((r) => ({
       n: r.n,
       dim: DIM_NAMES[r.dim],
@@ -324,7 +352,7 @@ export function walkJson(p: WalkProbe, file: string, at: number | null): Record<
       ...(r.dim === Dim.Guest && twoDim ? { entry_gpa: hexNum(r.entryGpa) } : {}),
       entry_hpa: hexNum(r.entryHpa),
       value: hexPair(r.hi, r.lo),
-      flags: entryFlags(r.dim, r.lo, r.hi, r.level),
+      flags: entryFlags(r.dim, r.lo, r.hi, r.level, p.pae),
       rights: r.rights,
       ...(r.dim !== Dim.Guest ? { gpa: hexNum(r.target) } : {}),
     })),
@@ -386,7 +414,8 @@ export function outcomeLines(p: WalkProbe): string[] {
 function contextLine(m: Machine, vcpu: number): string {
   const regs = m.vcpu(vcpu).regs;
   const parts = [`mode ${MODE_NAMES[m.cfg.mode]}`];
-  parts.push(regs.paging ? `CR3 ${hexNum(regs.cr3)} (${regs.la57 ? 5 : 4}-level paging)` : 'CR0.PG=0 (paging off)');
+  const paging = isPae(m, vcpu) ? 'PAE paging' : `${regs.la57 ? 5 : 4}-level paging`;
+  parts.push(regs.paging ? `CR3 ${hexNum(regs.cr3)} (${paging})` : 'CR0.PG=0 (paging off)');
   if (m.cfg.mode === Mode.Ept) parts.push(`EPTP ${hexNum(regs.eptp)} (${regs.eptLevels}-level EPT, A/D ${regs.eptAd ? 'on' : 'off'})`);
   if (m.cfg.mode === Mode.Npt) parts.push(`nCR3 ${hexNum(regs.ncr3)}`);
   return parts.join(', ');
@@ -399,8 +428,12 @@ export function walkText(m: Machine, p: WalkProbe, file: string, at: number | nu
   const out = [
     `walk: vcpu${p.vcpu} ${KIND_NAMES[p.kind]} ${gva} at CPL ${p.cpl}, ${file} ${at === null ? 'run to the end' : `run to line ${at}`} (probe: nothing written, TLB untouched)`,
     contextLine(m, p.vcpu),
-    '',
   ];
+  if (p.pdpte !== null) {
+    const [i, lo, hi] = p.pdpte;
+    out.push(`PDPTE register ${i} (loaded from memory by MOV to CR3/CR0/CR4, no reference now): ${hex16(hi, lo)}  ${paePdpteFlags(lo)}`);
+  }
+  out.push('');
   const head = twoDim
     ? ['#', 'dim', 'level', 'entry gPA', 'entry hPA', 'value', 'flags', 'rights', 'for gPA']
     : ['#', 'dim', 'level', 'entry hPA', 'value', 'flags', 'rights'];
@@ -408,7 +441,7 @@ export function walkText(m: Machine, p: WalkProbe, file: string, at: number | nu
   for (const r of p.refs) {
     const row = [String(r.n), DIM_NAMES[r.dim], levelName(r.dim, r.level)];
     if (twoDim) row.push(r.dim === Dim.Guest ? hexNum(r.entryGpa) : '-');
-    row.push(hexNum(r.entryHpa), hex16(r.hi, r.lo), entryFlags(r.dim, r.lo, r.hi, r.level), r.rights);
+    row.push(hexNum(r.entryHpa), hex16(r.hi, r.lo), entryFlags(r.dim, r.lo, r.hi, r.level, p.pae), r.rights);
     if (twoDim) row.push(r.dim === Dim.Guest ? '' : hexNum(r.target));
     rows.push(row);
   }
@@ -445,6 +478,12 @@ export function walkCommand(file: string, o: WalkOptions): string[] {
   if (kinds.length > 1) throw new UsageError(`walk: --${kinds.join(' and --')} are exclusive: give at most one of --read, --write, --fetch`);
   const kind = kinds[0] === 'write' ? AccessKind.Write : kinds[0] === 'fetch' ? AccessKind.Fetch : AccessKind.Read;
   const { machine, vcpu, at } = runForInspection(file, o);
-  const p = probeWalk(machine, vcpu, gva, kind, o.user === true);
+  let p: WalkProbe;
+  try {
+    p = probeWalk(machine, vcpu, gva, kind, o.user === true);
+  } catch (e) {
+    if (e instanceof UnsupportedError) throw new UsageError(`walk: ${e.message}`);
+    throw e;
+  }
   return o.json ? [JSON.stringify(walkJson(p, file, at))] : walkText(machine, p, file, at);
 }

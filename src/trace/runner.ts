@@ -128,6 +128,7 @@ export class Runner {
       case 'peek': {
         m.mem.load64(s.hpa);
         const value = hexPair(m.mem.hi, m.mem.lo);
+        if (this.quiet) return;
         if (this.opts.json) this.emit(JSON.stringify({ line: s.line, op: 'peek', hpa: hexNum(s.hpa), value }));
         else this.emit(`${s.line}: peek hpa=${hexNum(s.hpa)} value=${value}`);
         return;

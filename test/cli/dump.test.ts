@@ -12,6 +12,8 @@ const NPT = `${DATA}/npt4.trace`;
 const NATIVE = `${DATA}/native.trace`;
 const NATIVE5 = `${DATA}/native5.trace`;
 const BAD = `${DATA}/bad.trace`;
+const PAE = `${DATA}/pae.trace`;
+const PAE_NPT = `${DATA}/pae-npt.trace`;
 
 function dump(file: string, o: DumpOptions): string[] {
   return dumpCommand(`${ROOT}${file}`, o).map((l) => l.split(ROOT).join(''));
@@ -97,6 +99,32 @@ describe('mmulab dump --table guest', () => {
   });
 });
 
+describe('mmulab dump --table guest: PAE', () => {
+  it('native: the four PDPTE registers (not memory at CR3), 32-bit ranges', () => {
+    expect(dump(PAE, { table: 'guest' })).toEqual([
+      'guest tables of vcpu0: CR3 0x100000, root 0x100000, PAE; test/cli/data/pae.trace run to the end',
+      'note: PAE paging: the PDPTEs shown are the PDPTE registers (loaded by the last MOV to CR3/CR0/CR4), not memory at CR3',
+      '',
+      'PDPTE[0]    0x0000000000000000-0x000000003fffffff  0x0000000000101001  pcd pwt P                           -> table 0x101000',
+      '  PDE[1]    0x0000000000200000-0x00000000003fffff  0x0000000000103007  xd ps a pcd pwt U W P               -> table 0x103000',
+      '    PTE[0]  0x0000000000200000-0x0000000000200fff  0x8000000000800007  XD pk=0 g pat d a pcd pwt U W P     -> 0x800000 4K page',
+      'PDPTE[3]    0x00000000c0000000-0x00000000ffffffff  0x0000000000102001  pcd pwt P                           -> table 0x102000',
+      '  PDE[511]  0x00000000ffe00000-0x00000000ffffffff  0x00000000040000e3  xd pk=0 g pat D PS A pcd pwt u W P  -> 0x4000000 2M page',
+    ]);
+    expect(dumpJson(PAE, { table: 'guest' })).toMatchObject({ levels: 3, pae: true, count: 5 });
+  });
+
+  it('under NPT: the PDPTEs from guest memory at CR3', () => {
+    expect(dump(PAE_NPT, { table: 'guest' }).slice(1)).toEqual([
+      'note: PAE paging under NPT: the PDPTEs are read from memory at CR3 on each walk',
+      '',
+      'PDPTE[0]    0x0000000000000000-0x000000003fffffff  0x0000000000101001  pcd pwt P                        -> table gPA 0x101000 (hPA 0x101000)',
+      '  PDE[1]    0x0000000000200000-0x00000000003fffff  0x0000000000103007  xd ps a pcd pwt U W P            -> table gPA 0x103000 (hPA 0x103000)',
+      '    PTE[0]  0x0000000000200000-0x0000000000200fff  0x0000000000105007  xd pk=0 g pat d a pcd pwt U W P  -> gPA 0x105000 4K page (hPA 0x105000)',
+    ]);
+  });
+});
+
 describe('mmulab dump --table ept|npt', () => {
   it('EPT from the EPTP', () => {
     expect(dump(EPT, { table: 'ept' })).toEqual([
@@ -172,6 +200,7 @@ describe('mmulab dump: refusals and bad options exit 2', () => {
     [NATIVE, { table: 'ept' }, 'dump: --table ept: test/cli/data/native.trace runs a mode=native machine, which has no EPT tables'],
     [NATIVE, { table: 'npt' }, 'dump: --table npt: test/cli/data/native.trace runs a mode=native machine, which has no NPT tables'],
     [NATIVE, { table: 'host' }, 'dump: --table host: expected guest, ept or npt'],
+    [`${DATA}/nonpae.trace`, { table: 'guest' }, 'dump: 32-bit (non-PAE) paging is not modelled: set CR4.PAE'],
     [NATIVE, {}, "dump: required option '--table <which>' not specified (guest, ept or npt)"],
     [NATIVE, { table: 'guest', vcpu: '1' }, '--vcpu: 1 is out of range: the machine in test/cli/data/native.trace has 1 vCPU (0..0)'],
     [NATIVE, { table: 'guest', at: '10' }, '--at: line 10 is not in test/cli/data/native.trace (lines 1..9)'],

@@ -16,6 +16,8 @@ const EPT = `${DATA}/ept4.trace`;
 const NPT = `${DATA}/npt4.trace`;
 const NATIVE = `${DATA}/native.trace`;
 const NATIVE5 = `${DATA}/native5.trace`;
+const PAE = `${DATA}/pae.trace`;
+const PAE_NPT = `${DATA}/pae-npt.trace`;
 /** ept4.trace: line 21 is the last set-up line; line 22 is `access gva=0x401008 read`. */
 const BEFORE_ACCESS = '21';
 
@@ -245,6 +247,41 @@ describe('mmulab walk: outcomes decoded bit by bit', () => {
   });
 });
 
+describe('mmulab walk: PAE paging', () => {
+  it('native: the PDPTE comes from its register (no reference), then PDE and PTE', () => {
+    expect(walk(PAE, { gva: '0x200123' })).toEqual([
+      'walk: vcpu0 read 0x200123 at CPL 0, test/cli/data/pae.trace run to the end (probe: nothing written, TLB untouched)',
+      'mode native, CR3 0x100000 (PAE paging)',
+      'PDPTE register 0 (loaded from memory by MOV to CR3/CR0/CR4, no reference now): 0x0000000000101001  pcd pwt P',
+      '',
+      ' #  dim    level  entry hPA  value               flags                            rights',
+      ' 1  guest  PDE    0x101008   0x0000000000103007  xd ps a pcd pwt U W P            R/W U/S xd',
+      '    would set A in guest PDE at hPA 0x101008: 0x0000000000103007 -> 0x0000000000103027',
+      ' 2  guest  PTE    0x103000   0x8000000000800007  XD pk=0 g pat d a pcd pwt U W P  R/W U/S XD',
+      '    would set A in guest PTE at hPA 0x103000: 0x8000000000800007 -> 0x8000000000800027',
+      '',
+      'outcome: ok  hpa 0x800123  4K page (PTE)',
+    ]);
+    const j = walkJson(PAE, { gva: '0xffe01234', write: true });
+    expect(j.pdpte_register).toEqual({ index: 3, value: '0x102001' });
+    expect(j.refs.map((r: any) => [r.level, r.entry_hpa])).toEqual([['PDE', '0x102ff8']]);
+    expect(j.outcome).toEqual({ result: 'ok', hpa: '0x4001234', page_size: '0x200000' });
+  });
+
+  it('under NPT: the PDPTE is a guest reference, read through the nested tables', () => {
+    const j = walkJson(PAE_NPT, { gva: '0x200123' });
+    expect(j.pdpte_register).toBeUndefined();
+    expect(j.refs.map((r: any) => [r.dim, r.level, r.entry_gpa ?? r.gpa])).toEqual([
+      ['npt', 'PML4E', '0x100000'], ['npt', 'PDPTE', '0x100000'], ['npt', 'PDE', '0x100000'], ['guest', 'PDPTE', '0x100000'],
+      ['npt', 'PML4E', '0x101008'], ['npt', 'PDPTE', '0x101008'], ['npt', 'PDE', '0x101008'], ['guest', 'PDE', '0x101008'],
+      ['npt', 'PML4E', '0x103000'], ['npt', 'PDPTE', '0x103000'], ['npt', 'PDE', '0x103000'], ['guest', 'PTE', '0x103000'],
+      ['npt', 'PML4E', '0x105123'], ['npt', 'PDPTE', '0x105123'], ['npt', 'PDE', '0x105123'],
+    ]);
+    expect(j.refs[3]).toMatchObject({ flags: 'pcd pwt P', rights: 'R/W U/S xd', value: '0x101001' });
+    expect(j.outcome).toEqual({ result: 'ok', hpa: '0x105123', gpa: '0x105123', page_size: '0x1000', second_page_size: '0x200000' });
+  });
+});
+
 describe('mmulab walk --json', () => {
   it('has one object with refs, ad_writes and the outcome, 64-bit numbers as contract hex strings', () => {
     const j = walkJson(EPT, { gva: '0x401008', at: BEFORE_ACCESS });
@@ -279,6 +316,9 @@ describe('mmulab walk: bad options exit 2 with a message', () => {
     [{ gva: '0', vcpu: '1' }, '--vcpu: 1 is out of range: the machine in test/cli/data/ept4.trace has 1 vCPU (0..0)'],
   ] as [WalkOptions, string][])('%j', (o, msg) => {
     expect(usage(() => walk(EPT, o))).toBe(msg);
+  });
+  it('32-bit non-PAE paging is not modelled: bad input', () => {
+    expect(usage(() => walk(`${DATA}/nonpae.trace`, { gva: '0x1000' }))).toBe('walk: 32-bit (non-PAE) paging is not modelled: set CR4.PAE');
   });
   it('vcpu in range of a 2-vCPU machine; 2 is not', () => {
     expect(walk(NATIVE5, { gva: '0', vcpu: '1' })[0]).toContain('vcpu1');
