@@ -268,18 +268,11 @@ export function probeWalk(m: Machine, vcpu: number, gva: bigint, kind: AccessKin
   const regs = m.vcpu(vcpu).regs;
   const pae = isPae(m, vcpu);
   const rec = new Recorder(regs.nxe, m.cfg.mode !== Mode.Native, pae);
-  const savedCpl = regs.cpl;
   const hi = Number((gva >> 32n) & 0xffffffffn) | 0;
   const lo = Number(gva & 0xffffffffn) | 0;
   const result = new AccessResult();
-  let cpl = savedCpl;
-  try {
-    if (user) regs.cpl = 3;
-    cpl = regs.cpl;
-    result.copyFrom(m.probe(vcpu, hi, lo, kind, false, rec));
-  } finally {
-    regs.cpl = savedCpl;
-  }
+  const cpl = user ? 3 : regs.cpl;
+  result.copyFrom(m.probe(vcpu, hi, lo, kind, false, rec, cpl));
   let pdpte: [number, number, number] | null = null;
   if (pae && m.cfg.mode !== Mode.Npt) {
     const i = (lo >>> 30) & 3;

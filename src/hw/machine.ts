@@ -115,16 +115,20 @@ export class Machine {
 
   /**
    * The walk inspector's probe: the same walk, from memory, with no side
-   * effects (no A/D write-back, no TLB lookup, fill or invalidation).
+   * effects (no A/D write-back, no TLB lookup, fill or invalidation),
+   * optionally at another CPL.
    */
-  probe(id: number, laHi: number, laLo: number, kind: AccessKind, implicit: boolean, rec: WalkRecorder | null): AccessResult {
+  probe(id: number, laHi: number, laLo: number, kind: AccessKind, implicit: boolean, rec: WalkRecorder | null, cpl?: number): AccessResult {
     const mmu = this.vcpu(id).mmu;
+    const regs = mmu.regs;
+    const savedCpl = regs.cpl;
+    const savedGen = regs.gen;
     mmu.probe = true;
     mmu.rec = rec;
+    if (cpl !== undefined) regs.cpl = cpl;
     try {
       const r = mmu.res;
       r.reset();
-      const regs = mmu.regs;
       if (regs.paging && (regs.efer & EFER_LMA) !== 0 && !isCanonical(laHi, regs.la57)) {
         r.outcome = Outcome.Gp;
         return r;
@@ -134,6 +138,8 @@ export class Machine {
     } finally {
       mmu.probe = false;
       mmu.rec = null;
+      regs.cpl = savedCpl;
+      regs.gen = savedGen; // the registers are as they were, so memos made under them still hold
     }
   }
 
@@ -205,6 +211,8 @@ export class Machine {
     const r = this.begin(id);
     const old = v.regs.cr4;
     const changed = old ^ value;
+    // SDM 4.1.2: IA-32e paging cannot be left by clearing CR4.PAE.
+    if ((value & CR4_PAE) === 0 && (v.regs.efer & EFER_LMA) !== 0 && v.regs.paging) return this.fail(r, Outcome.Gp);
     if ((value & CR4_PCIDE) !== 0 && (old & CR4_PCIDE) === 0 && ((v.regs.efer & EFER_LMA) === 0 || (v.regs.cr3 & 0xfff) !== 0)) {
       return this.fail(r, Outcome.Gp);
     }
@@ -260,7 +268,7 @@ export class Machine {
   invpcid(id: number, type: number, pcidHi: number, pcidLo: number, laHi: number, laLo: number): AccessResult {
     const v = this.vcpu(id);
     const r = this.begin(id);
-    if (v.regs.cpl !== 0) return this.fail(r, Outcome.Gp);
+    if (v.regs.cpl !== 0 || type > 3) return this.fail(r, Outcome.Gp);
     if (pcidHi !== 0 || (pcidLo & ~0xfff) !== 0) return this.fail(r, Outcome.Gp); // descriptor bits 63:12
     const pcid = pcidLo & 0xfff;
     if (type === 0 && !isCanonical(laHi, v.regs.la57)) return this.fail(r, Outcome.Gp);
@@ -291,7 +299,7 @@ export class Machine {
     const r = this.begin(id);
     if (this.cfg.mode !== Mode.Ept) return this.fail(r, Outcome.Ud);
     if (v.regs.cpl !== 0) return this.fail(r, Outcome.Gp);
-    if (vpidHi !== 0 || (vpidLo & ~0xffff) !== 0) return this.fail(r, Outcome.VmFail, VMERR_INVALID_OPERAND);
+    if (type > 3 || vpidHi !== 0 || (vpidLo & ~0xffff) !== 0) return this.fail(r, Outcome.VmFail, VMERR_INVALID_OPERAND);
     const vpid = vpidLo & 0xffff;
     if (vpid === 0 && type !== 2) return this.fail(r, Outcome.VmFail, VMERR_INVALID_OPERAND);
     if (type === 0 && !isCanonical(laHi, false) && !isCanonical(laHi, true)) return this.fail(r, Outcome.VmFail, VMERR_INVALID_OPERAND);
@@ -321,8 +329,8 @@ export class Machine {
     if (this.cfg.mode !== Mode.Ept) return this.fail(r, Outcome.Ud);
     if (v.regs.cpl !== 0) return this.fail(r, Outcome.Gp);
     if (!single) {
-      v.tlb.dropGuestPhysical(() => true);
-      v.tlb.dropLinear((c, i) => c.ep4ta[i] !== 0, (c, i) => c.ep4ta[i] !== 0);
+      // Every mapping of an EPT machine is guest-physical or combined, whatever its EP4TA (0 included).
+      v.tlb.flushAll();
       return r;
     }
     const e = eptp ?? v.regs.eptp;

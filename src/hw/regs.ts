@@ -24,22 +24,111 @@ export const EPTP_AD = 1 << 6;
  * addresses (CR3, EPTP, nCR3) are numbers below 2^52; the rest are 32-bit.
  */
 export class VcpuRegs {
-  cr0 = CR0_PG | CR0_PE | CR0_WP;
+  /**
+   * Bumped by every register write, so a cache of permission verdicts (the
+   * walker's L1 TLB) knows when CPL, CR0/CR4, EFER, PKRU/PKRS, AC or a tag changed.
+   */
+  gen = 0;
+  private _cr0 = CR0_PG | CR0_PE | CR0_WP;
+  private _cr3 = 0;
+  private _cr4 = CR4_PAE;
+  private _efer = EFER_LME | EFER_LMA | EFER_NXE;
+  private _cpl = 0;
+  private _ac = 0;
+  private _pkru = 0;
+  private _pkrs = 0;
+  private _eptp = 0x1e; // WB, 4-level, A/D off, root 0
+  private _ncr3 = 0;
+  private _vpid = 0;
+  private _asid = 1;
+  get cr0(): number {
+    return this._cr0;
+  }
+  set cr0(v: number) {
+    this._cr0 = v;
+    this.gen = (this.gen + 1) | 0;
+  }
   /** CR3 as stored (bit 63, the no-flush hint, is never stored). */
-  cr3 = 0;
-  cr4 = CR4_PAE;
-  efer = EFER_LME | EFER_LMA | EFER_NXE;
-  cpl = 0;
+  get cr3(): number {
+    return this._cr3;
+  }
+  set cr3(v: number) {
+    this._cr3 = v;
+    this.gen = (this.gen + 1) | 0;
+  }
+  get cr4(): number {
+    return this._cr4;
+  }
+  set cr4(v: number) {
+    this._cr4 = v;
+    this.gen = (this.gen + 1) | 0;
+  }
+  get efer(): number {
+    return this._efer;
+  }
+  set efer(v: number) {
+    this._efer = v;
+    this.gen = (this.gen + 1) | 0;
+  }
+  get cpl(): number {
+    return this._cpl;
+  }
+  set cpl(v: number) {
+    this._cpl = v;
+    this.gen = (this.gen + 1) | 0;
+  }
   /** EFLAGS.AC */
-  ac = 0;
-  pkru = 0;
-  pkrs = 0;
+  get ac(): number {
+    return this._ac;
+  }
+  set ac(v: number) {
+    this._ac = v;
+    this.gen = (this.gen + 1) | 0;
+  }
+  get pkru(): number {
+    return this._pkru;
+  }
+  set pkru(v: number) {
+    this._pkru = v;
+    this.gen = (this.gen + 1) | 0;
+  }
+  get pkrs(): number {
+    return this._pkrs;
+  }
+  set pkrs(v: number) {
+    this._pkrs = v;
+    this.gen = (this.gen + 1) | 0;
+  }
   /** EPT pointer: walk length in [5:3], A/D enable in bit 6, root in [M-1:12]. */
-  eptp = 0x1e; // WB, 4-level, A/D off, root 0
+  get eptp(): number {
+    return this._eptp;
+  }
+  set eptp(v: number) {
+    this._eptp = v;
+    this.gen = (this.gen + 1) | 0;
+  }
   /** Nested CR3 (SVM). */
-  ncr3 = 0;
-  vpid = 0;
-  asid = 1;
+  get ncr3(): number {
+    return this._ncr3;
+  }
+  set ncr3(v: number) {
+    this._ncr3 = v;
+    this.gen = (this.gen + 1) | 0;
+  }
+  get vpid(): number {
+    return this._vpid;
+  }
+  set vpid(v: number) {
+    this._vpid = v;
+    this.gen = (this.gen + 1) | 0;
+  }
+  get asid(): number {
+    return this._asid;
+  }
+  set asid(v: number) {
+    this._asid = v;
+    this.gen = (this.gen + 1) | 0;
+  }
   /** PAE PDPTE registers (SDM 4.4.1), loaded by MOV to CR3/CR0/CR4 in PAE mode. */
   readonly pdpteLo = new Int32Array(4);
   readonly pdpteHi = new Int32Array(4);

@@ -52,16 +52,12 @@ export class AccessResult {
   /** Paging-structure loads made (guest entries and EPT/NPT entries). */
   refs = 0;
 
+  /**
+   * Ready for the next access. Only the fields every outcome relies on are
+   * cleared: each outcome sets the fields it reports.
+   */
   reset(): void {
     this.outcome = Outcome.Ok;
-    this.hpa = 0;
-    this.gpa = 0;
-    this.errorCode = 0;
-    this.laHi = 0;
-    this.laLo = 0;
-    this.qualification = 0;
-    this.glaValid = false;
-    this.exitinfo1 = 0;
     this.vmError = 0;
     this.tlbHit = false;
     this.refs = 0;

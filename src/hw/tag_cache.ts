@@ -28,6 +28,8 @@ export class TagCache {
   private readonly victim: Uint8Array;
   /** Entries inserted so far (statistics). */
   fills = 0;
+  /** Bumped by every insert and drop: a memo of an entry (the L1 TLB) is good while this is unchanged. */
+  epoch = 0;
 
   constructor(
     entries: number,
@@ -117,6 +119,7 @@ export class TagCache {
     this.gpa[i] = gpa;
     this.rights[i] = rights;
     this.fills++;
+    this.epoch = (this.epoch + 1) | 0;
     return i;
   }
 
@@ -130,6 +133,7 @@ export class TagCache {
   /** Drop every entry. */
   clear(): void {
     this.valid.fill(0);
+    this.epoch = (this.epoch + 1) | 0;
   }
 
   /** Drop entries the predicate selects (invalidation is rare: a scan is fine). */
@@ -141,6 +145,7 @@ export class TagCache {
         n++;
       }
     }
+    if (n > 0) this.epoch = (this.epoch + 1) | 0;
     return n;
   }
 

@@ -80,6 +80,8 @@ export const NPF_FINAL = 2 ** 32;
 export const NPF_GUEST_PAGE = 2 ** 33;
 
 const TWO32 = 4294967296;
+const L1_SIZE = 64;
+const L1_MASK = L1_SIZE - 1;
 const MAX_RESTARTS = 1000;
 
 /** Index of the level-L entry for the address (hi, lo) (SDM 4.5, fig. 4-8). */
@@ -104,11 +106,27 @@ export class Mmu {
   /** Address bits [M-1:32] of the high half. */
   private readonly addrHi: number;
 
+  /**
+   * L1 TLB: a direct-mapped memo of combined-TLB entries with the kinds of
+   * access (bit kind*2+implicit) already checked under registers of
+   * generation l1Gen and a TLB of epoch l1Epoch. It only short-cuts the TLB
+   * hit path; it has no behaviour of its own.
+   */
+  private readonly l1KeyLo = new Int32Array(L1_SIZE);
+  private readonly l1KeyHi = new Int32Array(L1_SIZE);
+  private readonly l1Gen = new Int32Array(L1_SIZE).fill(-1);
+  private readonly l1Epoch = new Int32Array(L1_SIZE);
+  private readonly l1Allow = new Int32Array(L1_SIZE);
+  private readonly l1Hpa = new Float64Array(L1_SIZE);
+  private readonly l1Gpa = new Float64Array(L1_SIZE);
+
   /** A PAE PDPTE load is in progress: its EPT exits carry no guest-linear address. */
   private pdpteLoad = false;
   // Output of xlateGpa.
   private xHpa = 0;
   private xRights = 0;
+  /** Whether xRights came (wholly or partly) from a cache rather than memory. */
+  private xCached = false;
 
   // Context tags of the current access.
   private cVpid = 0;
@@ -171,8 +189,25 @@ export class Mmu {
    */
   translate(laHi: number, laLo: number, kind: AccessKind, implicit: boolean): void {
     const r = this.res;
-    this.setContext();
     const regs = this.regs;
+    const useTlb = this.cfg.tlb && !this.probe;
+    const keyLo = laLo & ~0xfff;
+    const j = (laLo >>> 12) & L1_MASK;
+    const allowBit = 1 << (kind * 2 + (implicit ? 1 : 0));
+    const comb = this.tlb.comb;
+    if (
+      useTlb && this.l1KeyLo[j] === keyLo && this.l1KeyHi[j] === laHi && this.l1Gen[j] === regs.gen &&
+      this.l1Epoch[j] === comb.epoch && (this.l1Allow[j] & allowBit) !== 0
+    ) {
+      // The L1 memo of a TLB entry already checked for this kind of access under these registers.
+      const off = laLo & 0xfff;
+      r.outcome = Outcome.Ok;
+      r.hpa = this.l1Hpa[j] + off;
+      r.gpa = this.l1Gpa[j] + off;
+      r.tlbHit = true;
+      return;
+    }
+    this.setContext();
     if (!regs.paging) {
       this.translateUnpaged(laLo, kind);
       return;
@@ -182,12 +217,10 @@ export class Mmu {
       if ((regs.cr4 & CR4_PAE) === 0) throw new UnsupportedError('32-bit (non-PAE) paging is not modelled: set CR4.PAE');
       laHi = 0;
     }
-    const useTlb = this.cfg.tlb && !this.probe;
     if (useTlb) {
-      const c = this.tlb.comb;
-      const i = c.lookup(laHi, laLo & ~0xfff, this.cVpid, this.cPcid, this.cEp4ta);
+      const i = comb.lookup(laHi, keyLo, this.cVpid, this.cPcid, this.cEp4ta);
       if (i >= 0) {
-        const rt = c.rights[i];
+        const rt = comb.rights[i];
         // A write through an entry whose D is clear re-walks (SDM 4.8; trace-format.md rule 6).
         if (kind !== AccessKind.Write || (rt & RT_DIRTY) !== 0) {
           const err = this.permissionFault(rt & RT_RW, (rt & RT_US) >>> 1, (rt & RT_XD) >>> 2, (rt >>> RT_PKEY_SHIFT) & 15, kind, implicit);
@@ -201,9 +234,10 @@ export class Mmu {
           if (this.cfg.mode === Mode.Native || (rt & need) !== 0) {
             const off = laLo & 0xfff;
             r.outcome = Outcome.Ok;
-            r.hpa = c.hpa[i] + off;
-            r.gpa = c.gpa[i] + off;
+            r.hpa = comb.hpa[i] + off;
+            r.gpa = comb.gpa[i] + off;
             r.tlbHit = true;
+            this.fillL1(j, keyLo, laHi, i, allowBit);
             return;
           }
           // Second-dimension rights deny: re-walk so the exit comes from memory.
@@ -214,6 +248,23 @@ export class Mmu {
       if (n > MAX_RESTARTS) throw new Error('assertion: page walk restarted more than 1000 times');
       if (this.walkOnce(laHi, laLo, kind, implicit) !== S_RESTART) return;
     }
+  }
+
+  /** Remember that TLB entry i allows this kind of access under the current registers. */
+  private fillL1(j: number, keyLo: number, laHi: number, i: number, allowBit: number): void {
+    const gen = this.regs.gen;
+    const epoch = this.tlb.comb.epoch;
+    if (this.l1KeyLo[j] === keyLo && this.l1KeyHi[j] === laHi && this.l1Gen[j] === gen && this.l1Epoch[j] === epoch) {
+      this.l1Allow[j] |= allowBit;
+      return;
+    }
+    this.l1KeyLo[j] = keyLo;
+    this.l1KeyHi[j] = laHi;
+    this.l1Gen[j] = gen;
+    this.l1Epoch[j] = epoch;
+    this.l1Allow[j] = allowBit;
+    this.l1Hpa[j] = this.tlb.comb.hpa[i];
+    this.l1Gpa[j] = this.tlb.comb.gpa[i];
   }
 
   /** CR0.PG=0: the linear address is the (guest-)physical address. */
@@ -292,17 +343,20 @@ export class Mmu {
     let entryGpa = 0;
     let entryHpa = 0;
     let entryRt = 0;
+    let entryCached = false;
     for (;;) {
       const idx = indexOf(laHi, laLo, level);
       entryGpa = tableGpa + idx * 8;
       if (tableHpa >= 0) {
         entryHpa = tableHpa + idx * 8;
         entryRt = tableRt;
+        entryCached = mode !== Mode.Native;
       } else {
         const s = this.xlateGpa(entryGpa, walkType, false, laHi, laLo);
         if (s !== S_OK) return s;
         entryHpa = this.xHpa;
         entryRt = this.xRights;
+        entryCached = this.xCached;
       }
       this.lvTableGpa[level] = tableGpa;
       this.lvTableHpa[level] = entryHpa - idx * 8;
@@ -327,7 +381,7 @@ export class Mmu {
       if (level === 1 || (level <= 3 && (lo & 0x80) !== 0)) break;
       // A non-leaf entry gets A as the walk moves past it (trace-format.md rule 2).
       if ((lo & 0x20) === 0) {
-        const s = this.guestSetBits(level, entryGpa, entryHpa, entryRt, lo, hi, 0x20, laHi, laLo);
+        const s = this.guestSetBits(level, entryGpa, entryHpa, entryRt, entryCached, lo, hi, 0x20, laHi, laLo);
         if (s !== S_OK) return s;
         lo |= 0x20;
       }
@@ -358,7 +412,7 @@ export class Mmu {
     // The leaf's A/D only once the whole access succeeds (trace-format.md rule 3).
     const need = kind === AccessKind.Write ? 0x60 : 0x20;
     if ((lo & need) !== need) {
-      const s = this.guestSetBits(level, entryGpa, entryHpa, entryRt, lo, hi, need, laHi, laLo);
+      const s = this.guestSetBits(level, entryGpa, entryHpa, entryRt, entryCached, lo, hi, need, laHi, laLo);
       if (s !== S_OK) return s;
       lo |= need;
     }
@@ -474,7 +528,16 @@ export class Mmu {
    * that is a write to the guest page-table page, which its translation must
    * allow (SDM 28.2.3.2: guest A/D updates are data writes).
    */
-  private guestSetBits(level: number, entryGpa: number, entryHpa: number, entryRt: number, lo: number, hi: number, bits: number, laHi: number, laLo: number): number {
+  private guestSetBits(level: number, entryGpa: number, entryHpa: number, entryRt: number, cached: boolean, lo: number, hi: number, bits: number, laHi: number, laLo: number): number {
+    if (this.cfg.mode !== Mode.Native && (entryRt & RT_EW) === 0 && cached) {
+      // Cached rights deny the write-back: re-walk the second dimension from memory, as the TLB-hit path does.
+      const gHi = (entryGpa / TWO32) | 0;
+      const gLo = entryGpa | 0;
+      this.tlb.dropGuestPhysical((c, i) => c.vpid[i] === this.gVpid && c.ep4ta[i] === this.cEp4ta && c.covers(i, gHi, gLo));
+      const s = this.xlateGpa(entryGpa, T_R | T_W, false, laHi, laLo);
+      if (s !== S_OK) return s;
+      entryRt = this.xRights;
+    }
     if (this.cfg.mode !== Mode.Native && (entryRt & RT_EW) === 0) {
       if (this.cfg.mode === Mode.Ept) this.eptViolation(entryGpa, T_R | T_W, (entryRt >>> RT_E_SHIFT) & 7, false, laHi, laLo);
       else this.npf(entryGpa, PF_P | PF_W | PF_U, false);
@@ -581,10 +644,12 @@ export class Mmu {
         if (((rt >>> RT_E_SHIFT) & type) === type && ((type & T_W) === 0 || (rt & RT_EDIRTY) !== 0)) {
           this.xHpa = c.hpa[i] + (gpa & 0xfff);
           this.xRights = rt;
+          this.xCached = true;
           return S_OK;
         }
       }
     }
+    this.xCached = false; // set by the walk if it starts from a paging-structure-cache entry
     return this.cfg.mode === Mode.Ept ? this.eptWalk(gpa, type, final, laHi, laLo) : this.nptWalk(gpa, type, final);
   }
 
@@ -618,6 +683,7 @@ export class Mmu {
         const c = this.tlb.ePsc[k];
         const i = c.lookup(maskHi(gHi, c.granule), maskLo(gLo, c.granule), this.gVpid, 0, this.cEp4ta);
         if (i >= 0) {
+          this.xCached = true;
           level = k - 1;
           table = c.hpa[i];
           rights = (c.rights[i] >>> RT_E_SHIFT) & 7;
@@ -729,6 +795,7 @@ export class Mmu {
         const c = this.tlb.ePsc[k];
         const i = c.lookup(maskHi(gHi, c.granule), maskLo(gLo, c.granule), this.gVpid, 0, 0);
         if (i >= 0) {
+          this.xCached = true;
           level = k - 1;
           table = c.hpa[i];
           const rt = c.rights[i];

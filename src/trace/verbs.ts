@@ -40,7 +40,6 @@ export const VERBS: Record<string, VerbSpec> = {
       tlb_entries: { t: 'int', min: 1, max: 65536 },
       tlb_ways: { t: 'int', min: 1, max: 64 },
       exec_only: { t: 'enum', values: ['on', 'off'] },
-      ad_policy: { t: 'enum', values: ['kvm', 'bochs'] },
     },
     required: ['mode'],
   },

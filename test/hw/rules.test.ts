@@ -825,6 +825,20 @@ describe('hw.md §4.3 / SDM 28.2.3.1: EPT misconfiguration conditions', () => {
   });
 });
 
+describe('trace-format "The modelled CPU": Intel without MBEC', () => {
+  it('EPT bit 10 (XU) alone does not make an entry present: PTE = 0x800430 (RWX=000), read: violation Q=0x181', () => {
+    const s = twoD('ept');
+    s.write64(S_PTE_DATA, BigInt(DATA) | EPT_WB | 0x400n);
+    expect(s.acc(LA, 'read')).toEqual(eptVio(0x181, FINAL));
+  });
+  it('EPT bit 10 is ignored in present entries: PTE R-only with bit 10, fetch: Q=0x18c (no PERM_XU bit 6, no bits 9-11)', () => {
+    const s = twoD('ept');
+    s.write64(S_PDE_DATA, EPT_PDE4_V | 0x400n);
+    s.write64(S_PTE_DATA, BigInt(DATA) | EPT_WB | 0x400n | 1n);
+    expect(s.acc(LA, 'fetch')).toEqual(eptVio(0x18c, FINAL));
+  });
+});
+
 describe('hw.md §4.5 / SDM 28.2.3.3: order of EPT checks', () => {
   it('a not-present entry beats a misconfiguration lower: PDE RWX=000, PTE W-only: violation Q=0x181', () => {
     const s = twoD('ept');
@@ -1043,6 +1057,16 @@ describe('hw.md §6.3 / §6.4: NPT permission checks and EXITINFO1', () => {
     const s = twoD('npt');
     s.write64(S_PTE_DATA, 0n);
     expect(s.acc(0x80_4060_1008n, 'fetch')).toEqual(npf(FINAL_BIT | 0x14n, 0x80_0008));
+  });
+});
+
+describe('hw.md §6.2 / §9 scenario 36: the nested walk uses the host\'s 4-level mode', () => {
+  it('a cold 5-level guest over NPT makes 5*5 + 4 = 29 references', () => {
+    const s = new Setup('npt', { tlb: false, guestLevels: 5 });
+    s.map(LA5 & ~0xfffn, DATA);
+    const r = s.raw(LA5, 'read');
+    expect(r.refs).toBe(29);
+    expect(s.acc(LA5, 'read')).toEqual(OK_2D);
   });
 });
 
