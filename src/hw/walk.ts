@@ -80,6 +80,8 @@ export const NPF_FINAL = 2 ** 32;
 export const NPF_GUEST_PAGE = 2 ** 33;
 
 const TWO32 = 4294967296;
+/** Exact reciprocal: multiplying is much cheaper than dividing. */
+const INV_TWO32 = 1 / TWO32;
 const L1_SIZE = 64;
 const L1_MASK = L1_SIZE - 1;
 const MAX_RESTARTS = 1000;
@@ -303,7 +305,7 @@ export class Mmu {
     const walkType = mode === Mode.Ept ? (regs.eptAd ? T_R | T_W : T_R) : T_R | T_W;
 
     let level = levels;
-    let tableGpa = this.addrOf(regs.cr3 | 0, (regs.cr3 / TWO32) | 0, 12);
+    let tableGpa = this.addrOf(regs.cr3 | 0, (regs.cr3 * INV_TWO32) | 0, 12);
     let tableHpa = mode === Mode.Native ? tableGpa : -1;
     let tableRt = mode === Mode.Native ? RT_ER | RT_EW | RT_EX | RT_EDIRTY : 0;
     let rw = 1;
@@ -531,7 +533,7 @@ export class Mmu {
   private guestSetBits(level: number, entryGpa: number, entryHpa: number, entryRt: number, cached: boolean, lo: number, hi: number, bits: number, laHi: number, laLo: number): number {
     if (this.cfg.mode !== Mode.Native && (entryRt & RT_EW) === 0 && cached) {
       // Cached rights deny the write-back: re-walk the second dimension from memory, as the TLB-hit path does.
-      const gHi = (entryGpa / TWO32) | 0;
+      const gHi = (entryGpa * INV_TWO32) | 0;
       const gLo = entryGpa | 0;
       this.tlb.dropGuestPhysical((c, i) => c.vpid[i] === this.gVpid && c.ep4ta[i] === this.cEp4ta && c.covers(i, gHi, gLo));
       const s = this.xlateGpa(entryGpa, T_R | T_W, false, laHi, laLo);
@@ -637,7 +639,7 @@ export class Mmu {
   private xlateGpa(gpa: number, type: number, final: boolean, laHi: number, laLo: number): number {
     if (this.cfg.tlb && !this.probe) {
       const c = this.tlb.gpa;
-      const gHi = (gpa / TWO32) | 0;
+      const gHi = (gpa * INV_TWO32) | 0;
       const i = c.lookup(gHi, (gpa | 0) & ~0xfff, this.gVpid, 0, this.cEp4ta);
       if (i >= 0) {
         const rt = c.rights[i];
@@ -673,10 +675,10 @@ export class Mmu {
     const regs = this.regs;
     const mem = this.mem;
     const r = this.res;
-    const gHi = (gpa / TWO32) | 0;
+    const gHi = (gpa * INV_TWO32) | 0;
     const gLo = gpa | 0;
     let level = regs.eptLevels;
-    let table = this.addrOf(regs.eptp | 0, (regs.eptp / TWO32) | 0, 12);
+    let table = this.addrOf(regs.eptp | 0, (regs.eptp * INV_TWO32) | 0, 12);
     let rights = 7;
     if (this.cfg.psc && this.cfg.tlb && !this.probe) {
       for (let k = 2; k <= level; k++) {
@@ -767,7 +769,7 @@ export class Mmu {
     r.laLo = laLo;
     if (this.cfg.tlb && !this.probe) {
       // SDM 28.3.3.1: drop guest-physical mappings for the gPA and combined mappings for the LA.
-      const gHi = (gpa / TWO32) | 0;
+      const gHi = (gpa * INV_TWO32) | 0;
       const gLo = gpa | 0;
       const ep4ta = this.cEp4ta;
       this.tlb.dropGuestPhysical((c, i) => c.ep4ta[i] === ep4ta && c.covers(i, gHi, gLo));
@@ -783,10 +785,10 @@ export class Mmu {
   private nptWalk(gpa: number, type: number, final: boolean): number {
     const mem = this.mem;
     const r = this.res;
-    const gHi = (gpa / TWO32) | 0;
+    const gHi = (gpa * INV_TWO32) | 0;
     const gLo = gpa | 0;
     let level = 4;
-    let table = this.addrOf(this.regs.ncr3 | 0, (this.regs.ncr3 / TWO32) | 0, 12);
+    let table = this.addrOf(this.regs.ncr3 | 0, (this.regs.ncr3 * INV_TWO32) | 0, 12);
     let u = 1;
     let w = 1;
     let nx = 0;
