@@ -88,6 +88,7 @@ export class Machine {
     const v = this.vcpus[id];
     const mmu = v.mmu;
     const r = mmu.res;
+    if ((laLo & 0xfff) + size <= 4096 && mmu.l1Hit(laHi, laLo, kind, implicit)) return r;
     r.reset();
     const la57 = v.regs.la57;
     const lastLo = (laLo >>> 0) + size - 1;

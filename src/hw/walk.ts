@@ -189,6 +189,32 @@ export class Mmu {
    * Translate one access that does not cross a 4K boundary; the outcome is
    * left in `res` (which the caller reset). The canonical check is the caller's.
    */
+  /**
+   * The L1 memo's short cut for an access within one page: on a hit the
+   * result is complete (as reset() plus an Ok TLB hit) and true is returned.
+   * A memo entry exists only for an address that passed the canonical check
+   * under the same registers, so the caller may skip that check on a hit.
+   */
+  l1Hit(laHi: number, laLo: number, kind: AccessKind, implicit: boolean): boolean {
+    const j = (laLo >>> 12) & L1_MASK;
+    if (
+      this.l1KeyLo[j] !== (laLo & ~0xfff) || this.l1KeyHi[j] !== laHi || this.l1Gen[j] !== this.regs.gen ||
+      this.l1Epoch[j] !== this.tlb.comb.epoch || (this.l1Allow[j] & (1 << (kind * 2 + (implicit ? 1 : 0)))) === 0 ||
+      !this.cfg.tlb || this.probe
+    ) {
+      return false;
+    }
+    const r = this.res;
+    const off = laLo & 0xfff;
+    r.outcome = Outcome.Ok;
+    r.vmError = 0;
+    r.refs = 0;
+    r.hpa = this.l1Hpa[j] + off;
+    r.gpa = this.l1Gpa[j] + off;
+    r.tlbHit = true;
+    return true;
+  }
+
   translate(laHi: number, laLo: number, kind: AccessKind, implicit: boolean): void {
     const r = this.res;
     const regs = this.regs;
@@ -197,18 +223,6 @@ export class Mmu {
     const j = (laLo >>> 12) & L1_MASK;
     const allowBit = 1 << (kind * 2 + (implicit ? 1 : 0));
     const comb = this.tlb.comb;
-    if (
-      useTlb && this.l1KeyLo[j] === keyLo && this.l1KeyHi[j] === laHi && this.l1Gen[j] === regs.gen &&
-      this.l1Epoch[j] === comb.epoch && (this.l1Allow[j] & allowBit) !== 0
-    ) {
-      // The L1 memo of a TLB entry already checked for this kind of access under these registers.
-      const off = laLo & 0xfff;
-      r.outcome = Outcome.Ok;
-      r.hpa = this.l1Hpa[j] + off;
-      r.gpa = this.l1Gpa[j] + off;
-      r.tlbHit = true;
-      return;
-    }
     this.setContext();
     if (!regs.paging) {
       this.translateUnpaged(laLo, kind);
