@@ -1,11 +1,10 @@
-import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 // The built CLI (node bin/mmulab.js dump) is tested in walk.test.ts, which compiles dist/ once.
 import { dumpCommand, dumpTables, type DumpOptions } from '../../src/cli/dump.js';
-import { loadTrace, UsageError } from '../../src/cli/load.js';
+import { loadTrace } from '../../src/cli/load.js';
 import { Runner } from '../../src/trace/runner.js';
 
-const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+import { ROOT, usage } from '../support/cli.js';
 const DATA = 'test/cli/data';
 const EPT = `${DATA}/ept4.trace`;
 const NPT = `${DATA}/npt4.trace`;
@@ -23,17 +22,6 @@ function dumpJson(file: string, o: DumpOptions): Record<string, any> {
   const lines = dumpCommand(`${ROOT}${file}`, { ...o, json: true });
   expect(lines).toHaveLength(1);
   return JSON.parse(lines[0]);
-}
-
-function usage(f: () => unknown): string {
-  try {
-    f();
-  } catch (e) {
-    expect(e).toBeInstanceOf(UsageError);
-    expect((e as UsageError).exitCode).toBe(2);
-    return (e as Error).message.split(ROOT).join('');
-  }
-  throw new Error('expected a UsageError');
 }
 
 describe('mmulab dump --table guest', () => {

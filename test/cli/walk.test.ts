@@ -1,7 +1,6 @@
 import { execFileSync, spawnSync } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { loadTrace, UsageError } from '../../src/cli/load.js';
+import { loadTrace } from '../../src/cli/load.js';
 import { dumpCommand } from '../../src/cli/dump.js';
 import { probeWalk, walkCommand, type WalkOptions } from '../../src/cli/walk.js';
 import type { Machine } from '../../src/hw/machine.js';
@@ -10,7 +9,7 @@ import { AccessKind, Outcome } from '../../src/hw/result.js';
 import { Runner } from '../../src/trace/runner.js';
 import { argLong } from '../../src/trace/steps.js';
 
-const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+import { ROOT, usage } from '../support/cli.js';
 const DATA = 'test/cli/data';
 const EPT = `${DATA}/ept4.trace`;
 const NPT = `${DATA}/npt4.trace`;
@@ -29,17 +28,6 @@ function walkJson(file: string, o: WalkOptions): Record<string, any> {
   const lines = walkCommand(`${ROOT}${file}`, { ...o, json: true });
   expect(lines).toHaveLength(1);
   return JSON.parse(lines[0]);
-}
-
-function usage(f: () => unknown): string {
-  try {
-    f();
-  } catch (e) {
-    expect(e).toBeInstanceOf(UsageError);
-    expect((e as UsageError).exitCode).toBe(2);
-    return (e as Error).message.split(ROOT).join('');
-  }
-  throw new Error('expected a UsageError');
 }
 
 /** The 24 references of the cold 4-level guest over 4-level EPT walk of 0x401008: [dim, level, entry gPA, entry hPA, value, gPA translated]. */

@@ -74,23 +74,6 @@ function andNot64(s: Setup, hpa: number, bits: bigint): void {
   s.write64(hpa, s.read64(hpa) & ~bits);
 }
 
-// ---------------------------------------------------------------- snapshots
-
-type Snap = Map<number, bigint>;
-/** Guest tables (0x100000, 32 pages) and second-dimension tables (0x10000000, 32 pages). */
-function snapshot(s: Setup): Snap {
-  const m: Snap = new Map();
-  for (const [b, pages] of [[0x10_0000, 32], [0x1000_0000, 32]] as const) for (let a = b; a < b + pages * 4096; a += 8) m.set(a, s.read64(a));
-  return m;
-}
-function changes(s: Setup, before: Snap): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const [a, v] of before) {
-    const now = s.read64(a);
-    if (now !== v) out[hex(a)] = hex(now);
-  }
-  return out;
-}
 
 // ---------------------------------------------------------------- set-ups
 
@@ -376,11 +359,11 @@ describe('hw.md §1.5: canonical addresses (#GP before any walk)', () => {
     const s = new Setup('native');
     const la = 0x0000_7fff_ffff_fffen;
     s.map(la & ~0xfffn, DATA);
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     const r = s.raw(la, 'read', { size: 4 });
     expect(r.refs).toBe(0);
     expect(s.acc(la, 'read', { size: 4 })).toEqual(GP);
-    expect(changes(s, before)).toEqual({});
+    expect(s.tableChanges(before)).toEqual({});
     // The 2-byte read whose last byte is 0x7fffffffffff is canonical and is walked.
     expect(s.acc(la, 'read', { size: 2 })).toEqual({ result: 'ok', hpa: hex(DATA + 0xffe) });
   });
@@ -388,17 +371,17 @@ describe('hw.md §1.5: canonical addresses (#GP before any walk)', () => {
     const s = new Setup('native', { guestLevels: 5 });
     const la = 0x00ff_ffff_ffff_fffen;
     s.map(la & ~0xfffn, DATA);
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(la, 'read', { size: 4 })).toEqual(GP);
-    expect(changes(s, before)).toEqual({});
+    expect(s.tableChanges(before)).toEqual({});
   });
   it('hw.md §1.5: under EPT a non-canonical access does no EPT activity (no references, no A/D with EPTP[6]=1)', () => {
     const s = twoD('ept', { eptAd: true });
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     const r = s.raw(0x0000_8000_0000_0000n, 'write');
     expect(r.refs).toBe(0);
     expect(s.acc(0x0000_8000_0000_0000n, 'write')).toEqual(GP);
-    expect(changes(s, before)).toEqual({});
+    expect(s.tableChanges(before)).toEqual({});
   });
 });
 
@@ -662,9 +645,9 @@ describe('hw.md §2.3: fault priority inside one walk', () => {
     const s = twoD('ept');
     andNot64(s, G_PTE, W);
     s.write64(S_PTE_DATA, 0n);
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'write')).toEqual(pf(0x03));
-    expect(changes(s, before)).toEqual({ '0x100008': '0x101027', '0x101008': '0x102027', '0x102018': '0x103027' });
+    expect(s.tableChanges(before)).toEqual({ '0x100008': '0x101027', '0x101008': '0x102027', '0x102018': '0x103027' });
   });
   it('trace-format latitude 1: guest #PF beats a final NPT fault (R/W=0, WP=1, data NPT P=0: #PF 0x3)', () => {
     const s = twoD('npt');
@@ -1020,9 +1003,9 @@ describe('hw.md §6.3 / §6.4: NPT permission checks and EXITINFO1', () => {
     it(`scenario 33: the NPT PTE mapping the guest PML4 page has W=0, guest ${kind}: 0x200000007, EXITINFO2 = guest PML4E gPA 0x100008; guest A bits untouched`, () => {
       const s = twoD('npt');
       s.write64(S_PTE_GPML4, 0x10_0005n);
-      const before = snapshot(s);
+      const before = s.snapshotTables();
       expect(s.acc(LA, kind)).toEqual(npf(GPT_BIT | 0x7n, G_PML4E));
-      const ch = changes(s, before);
+      const ch = s.tableChanges(before);
       for (const a of ['0x100008', '0x101008', '0x102018', '0x103008']) expect(ch[a]).toBeUndefined();
     });
   }

@@ -55,20 +55,6 @@ function or64(s: Setup, hpa: number, bits: bigint): void {
   s.write64(hpa, s.read64(hpa) | bits);
 }
 
-type Snap = Map<number, bigint>;
-function snapshot(s: Setup): Snap {
-  const m: Snap = new Map();
-  for (const [b, pages] of [[0x10_0000, 32], [0x1000_0000, 32]] as const) for (let a = b; a < b + pages * 4096; a += 8) m.set(a, s.read64(a));
-  return m;
-}
-function changes(s: Setup, before: Snap): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const [a, v] of before) {
-    const now = s.read64(a);
-    if (now !== v) out[hex(a)] = hex(now);
-  }
-  return out;
-}
 
 function native(leaf: bigint = P | W | U, o: SetupOptions = {}, leafLevel: 1 | 2 | 3 = 1, frame = DATA): Setup {
   const s = new Setup('native', o);
@@ -94,33 +80,33 @@ const UPPER_A = { '0x100008': '0x101027', '0x101008': '0x102027', '0x102018': '0
 describe('hw.md §3.1 / SDM 4.8: guest accessed and dirty flags on success', () => {
   it('a read sets A in every entry used (PML4E..PTE) and no D anywhere', () => {
     const s = native();
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'read')).toEqual(OK_NATIVE);
-    expect(changes(s, before)).toEqual({ ...UPPER_A, '0x103008': '0x800027' });
+    expect(s.tableChanges(before)).toEqual({ ...UPPER_A, '0x103008': '0x800027' });
   });
   it('a write sets A everywhere and D in the leaf only (non-leaf bit 6 stays 0)', () => {
     const s = native();
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'write')).toEqual(OK_NATIVE);
-    expect(changes(s, before)).toEqual({ ...UPPER_A, '0x103008': '0x800067' });
+    expect(s.tableChanges(before)).toEqual({ ...UPPER_A, '0x103008': '0x800067' });
   });
   it('a fetch sets A everywhere and no D', () => {
     const s = native();
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'fetch')).toEqual(OK_NATIVE);
-    expect(changes(s, before)).toEqual({ ...UPPER_A, '0x103008': '0x800027' });
+    expect(s.tableChanges(before)).toEqual({ ...UPPER_A, '0x103008': '0x800027' });
   });
   it('a write through a 2M page sets D in the PDE leaf (0x8000e7)', () => {
     const s = native(P | W | U, {}, 2);
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'write')).toEqual({ result: 'ok', hpa: '0x801123' });
-    expect(changes(s, before)).toEqual({ '0x100008': '0x101027', '0x101008': '0x102027', '0x102018': '0x8000e7' });
+    expect(s.tableChanges(before)).toEqual({ '0x100008': '0x101027', '0x101008': '0x102027', '0x102018': '0x8000e7' });
   });
   it('a write through a 1G page sets A/D in the PDPTE leaf (0x400000e7), A in the PML4E', () => {
     const s = native(P | W | U, {}, 3, 0x4000_0000);
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'write')).toEqual({ result: 'ok', hpa: '0x40601123' });
-    expect(changes(s, before)).toEqual({ '0x100008': '0x101027', '0x101008': '0x400000e7' });
+    expect(s.tableChanges(before)).toEqual({ '0x100008': '0x101027', '0x101008': '0x400000e7' });
   });
   it('a supervisor write to a read-only page with CR0.WP=0 sets D (0x800065)', () => {
     const s = native(P | U);
@@ -132,16 +118,16 @@ describe('hw.md §3.1 / SDM 4.8: guest accessed and dirty flags on success', () 
     const s = native();
     for (const a of [G_PML4E, G_PDPTE, G_PDE]) s.write64(a, s.read64(a) & ~W);
     s.regs.cr0 &= ~CR0_WP;
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'write')).toEqual(OK_NATIVE);
-    expect(changes(s, before)).toEqual({ '0x100008': '0x101025', '0x101008': '0x102025', '0x102018': '0x103025', '0x103008': '0x800067' });
+    expect(s.tableChanges(before)).toEqual({ '0x100008': '0x101025', '0x101008': '0x102025', '0x102018': '0x103025', '0x103008': '0x800067' });
   });
   it('A and D are sticky: a read of a page whose leaf has A=D=1 leaves D=1; nothing is written', () => {
     const s = native(P | W | U | A | D);
     for (const a of [G_PML4E, G_PDPTE, G_PDE]) or64(s, a, A);
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'read')).toEqual(OK_NATIVE);
-    expect(changes(s, before)).toEqual({});
+    expect(s.tableChanges(before)).toEqual({});
   });
   it('entries whose A (and D) are already set are not written at all: no locked operation', () => {
     const s = native(P | W | U | A | D);
@@ -170,29 +156,29 @@ describe('hw.md §3.1 / SDM 4.8: guest accessed and dirty flags on success', () 
 describe('hw.md §3.2 / trace-format latitude 2 and 3: A/D on faulting accesses', () => {
   it('PTE P=0: the PML4E, PDPTE and PDE get A as the walk passes them; the PTE is untouched (#PF 0x0)', () => {
     const s = native(W | U);
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'read')).toEqual(pf(0x00));
-    expect(changes(s, before)).toEqual(UPPER_A);
+    expect(s.tableChanges(before)).toEqual(UPPER_A);
   });
   it('PDPTE P=0: only the PML4E gets A', () => {
     const s = native();
     s.write64(G_PDPTE, s.read64(G_PDPTE) & ~P);
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'read')).toEqual(pf(0x00));
-    expect(changes(s, before)).toEqual({ '0x100008': '0x101027' });
+    expect(s.tableChanges(before)).toEqual({ '0x100008': '0x101027' });
   });
   it('scenario 6: 2M PDE with bit 13 (RSVD): PML4E and PDPTE get A, the PDE gets no A/D (#PF 0x9)', () => {
     const s = native(P | W | U, {}, 2);
     or64(s, G_PDE, 1n << 13n);
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'read')).toEqual(pf(0x09));
-    expect(changes(s, before)).toEqual({ '0x100008': '0x101027', '0x101008': '0x102027' });
+    expect(s.tableChanges(before)).toEqual({ '0x100008': '0x101027', '0x101008': '0x102027' });
   });
   it('reserved bit in the PTE: the three upper entries get A, the PTE none', () => {
     const s = native(P | W | U | (1n << 51n));
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'write')).toEqual(pf(0x0b));
-    expect(changes(s, before)).toEqual(UPPER_A);
+    expect(s.tableChanges(before)).toEqual(UPPER_A);
   });
   const faults: [string, bigint, (s: Setup) => void, 'read' | 'write' | 'fetch', number][] = [
     ['U/S violation (user read of a supervisor page)', P | W, (s) => { s.regs.cpl = 3; }, 'read', 0x05],
@@ -205,17 +191,17 @@ describe('hw.md §3.2 / trace-format latitude 2 and 3: A/D on faulting accesses'
     it(`${name}: #PF ${hex(code)}; the non-leaf entries get A, the leaf gets neither A nor D`, () => {
       const s = native(leaf);
       env(s);
-      const before = snapshot(s);
+      const before = s.snapshotTables();
       expect(s.acc(LA, kind)).toEqual(pf(code));
-      expect(changes(s, before)).toEqual(UPPER_A);
+      expect(s.tableChanges(before)).toEqual(UPPER_A);
     });
   }
   it('latitude 3 under EPT (scenario 16): final EPT violation — the guest leaf keeps A=D=0 on a write', () => {
     const s = twoD('ept');
     s.write64(S_PTE_DATA, 0n);
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'write')).toEqual({ result: 'ept_violation', qualification: '0x182', gpa: '0x800123', gla: LA_HEX });
-    expect(changes(s, before)).toEqual(UPPER_A);
+    expect(s.tableChanges(before)).toEqual(UPPER_A);
   });
   it('latitude 3 under NPT: final #NPF — the guest leaf keeps A=D=0 on a write', () => {
     const s = twoD('npt');
@@ -371,9 +357,9 @@ const E_PDPTE = (a: boolean) => hex(0x1000_2007 + (a ? 0x100 : 0));
 describe('hw.md §4/§5.3 / SDM 28.2.4: EPT accessed and dirty flags (EPTP bit 6)', () => {
   it('scenario 26: a cold read sets A in every EPT entry used; D in the EPT leaf of each guest table page; data leaf A only', () => {
     const s = twoD('ept', { eptAd: true });
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'read')).toEqual(OK_2D);
-    expect(changes(s, before)).toEqual({
+    expect(s.tableChanges(before)).toEqual({
       ...UPPER_A, '0x103008': '0x800027',
       [hex(S_PML4E)]: E_PML4E(true), [hex(S_PDPTE)]: E_PDPTE(true),
       [hex(S_PDE_0)]: '0x10003107', [hex(S_PDE_DATA)]: '0x10007107',
@@ -386,9 +372,9 @@ describe('hw.md §4/§5.3 / SDM 28.2.4: EPT accessed and dirty flags (EPTP bit 6
   it('scenario 26: then a write sets D in the data page\'s EPT leaf only (0x800337); non-leaf EPT entries never get D', () => {
     const s = twoD('ept', { eptAd: true });
     expect(s.acc(LA, 'read')).toEqual(OK_2D);
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'write')).toEqual(OK_2D);
-    expect(changes(s, before)).toEqual({ '0x103008': '0x800067', '0x10007000': '0x800337' });
+    expect(s.tableChanges(before)).toEqual({ '0x103008': '0x800067', '0x10007000': '0x800337' });
   });
   it('a cold write: data EPT leaf A|D (0x800337); EPT non-leaf A only', () => {
     const s = twoD('ept', { eptAd: true });
@@ -411,9 +397,9 @@ describe('hw.md §4/§5.3 / SDM 28.2.4: EPT accessed and dirty flags (EPTP bit 6
   it('scenario 27: final EPT violation (data EPT PTE not present), write: Q=0x182; guest-table EPT entries keep A|D; the data gPA\'s EPT entries get nothing', () => {
     const s = twoD('ept', { eptAd: true });
     s.write64(S_PTE_DATA, 0n);
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'write')).toEqual({ result: 'ept_violation', qualification: '0x182', gpa: '0x800123', gla: LA_HEX });
-    expect(changes(s, before)).toEqual({
+    expect(s.tableChanges(before)).toEqual({
       ...UPPER_A,
       [hex(S_PML4E)]: E_PML4E(true), [hex(S_PDPTE)]: E_PDPTE(true), [hex(S_PDE_0)]: '0x10003107',
       '0x10003800': '0x100337', '0x10003808': '0x101337', '0x10003810': '0x102337', '0x10003818': '0x103337',
@@ -423,9 +409,9 @@ describe('hw.md §4/§5.3 / SDM 28.2.4: EPT accessed and dirty flags (EPTP bit 6
   it('EPT A/D of a successful guest-table translation are kept when the guest walk then #PFs (PTE P=0)', () => {
     const s = twoD('ept', { eptAd: true });
     s.write64(G_PTE, 0x80_0006n);
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'read')).toEqual(pf(0x00));
-    expect(changes(s, before)).toEqual({
+    expect(s.tableChanges(before)).toEqual({
       ...UPPER_A,
       [hex(S_PML4E)]: E_PML4E(true), [hex(S_PDPTE)]: E_PDPTE(true), [hex(S_PDE_0)]: '0x10003107',
       '0x10003800': '0x100337', '0x10003808': '0x101337', '0x10003810': '0x102337', '0x10003818': '0x103337',
@@ -440,28 +426,28 @@ describe('hw.md §4/§5.3 / SDM 28.2.4: EPT accessed and dirty flags (EPTP bit 6
   });
   it('EPTP[6]=0: EPT bits 8/9 are never set (scenario 1/2: table memory changes only in guest entries)', () => {
     const s = twoD('ept', { eptAd: false });
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'write')).toEqual(OK_2D);
-    expect(changes(s, before)).toEqual({ ...UPPER_A, '0x103008': '0x800067' });
+    expect(s.tableChanges(before)).toEqual({ ...UPPER_A, '0x103008': '0x800067' });
   });
   it('EPTP[6]=0: EPT bits 8 and 9 already set are ignored (not reserved, no effect) at every level', () => {
     const s = twoD('ept', { eptAd: false });
     for (const a of [S_PML4E, S_PDPTE, S_PDE_0, S_PDE_DATA, S_PTE_DATA, ...S_PTE_GT]) or64(s, a, 0x300n);
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'write')).toEqual(OK_2D);
-    expect(changes(s, before)).toEqual({ ...UPPER_A, '0x103008': '0x800067' });
+    expect(s.tableChanges(before)).toEqual({ ...UPPER_A, '0x103008': '0x800067' });
   });
   it('EPTP[6]=1: EPT entries that already have A (and D) are not rewritten', () => {
     const s = twoD('ept', { eptAd: true });
     expect(s.acc(LA, 'write')).toEqual(OK_2D);
     s.m.flush(0);
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     const ops: MemOp[] = [];
     s.m.mem.preempt = { point: (op) => { if (op !== MemOp.Load) ops.push(op); } };
     expect(s.acc(LA, 'write')).toEqual(OK_2D);
     s.m.mem.preempt = null;
     expect(ops).toEqual([]);
-    expect(changes(s, before)).toEqual({});
+    expect(s.tableChanges(before)).toEqual({});
   });
 });
 
@@ -470,9 +456,9 @@ describe('hw.md §4/§5.3 / SDM 28.2.4: EPT accessed and dirty flags (EPTP bit 6
 describe('hw.md §6.3 / trace-format "The modelled CPU": nested A/D under NPT', () => {
   it('a cold read: nested non-leaf A; nested leaves of guest table pages A|D (walk = write); data leaf A only', () => {
     const s = twoD('npt');
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'read')).toEqual(OK_2D);
-    expect(changes(s, before)).toEqual({
+    expect(s.tableChanges(before)).toEqual({
       ...UPPER_A, '0x103008': '0x800027',
       [hex(S_PML4E)]: '0x10001027', [hex(S_PDPTE)]: '0x10002027', [hex(S_PDE_0)]: '0x10003027', [hex(S_PDE_DATA)]: '0x10007027',
       '0x10003800': '0x100067', '0x10003808': '0x101067', '0x10003810': '0x102067', '0x10003818': '0x103067',
@@ -509,9 +495,9 @@ describe('hw.md §6.3 / trace-format "The modelled CPU": nested A/D under NPT', 
   it('scenario 33: the guest PML4 page\'s NPT PTE W=0: #NPF 0x200000007; that PTE gets no A, the PDE of region 0 gets A', () => {
     const s = twoD('npt');
     s.write64(S_PTE_GT[0], 0x10_0005n);
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'read')).toEqual({ result: 'npf', exitinfo1: '0x200000007', exitinfo2: '0x100008' });
-    expect(changes(s, before)).toEqual({
+    expect(s.tableChanges(before)).toEqual({
       [hex(S_PML4E)]: '0x10001027', [hex(S_PDPTE)]: '0x10002027', [hex(S_PDE_0)]: '0x10003027',
     });
   });

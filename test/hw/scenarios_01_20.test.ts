@@ -97,24 +97,9 @@ function set64(s: Setup, hpa: number, v: bigint): void {
 // ---------------------------------------------------------------- snapshots
 
 /** Guest tables (0x100000, 32 pages) and EPT tables (0x10000000, 32 pages). */
-const REGIONS: readonly (readonly [number, number])[] = [[0x10_0000, 32], [0x1000_0000, 32]];
-type Snap = Map<number, bigint>;
 
-function snapshot(s: Setup): Snap {
-  const m: Snap = new Map();
-  for (const [b, pages] of REGIONS) for (let a = b; a < b + pages * 4096; a += 8) m.set(a, s.read64(a));
-  return m;
-}
 
 /** Every table qword that changed since `before`: hPA -> new value. */
-function changes(s: Setup, before: Snap): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const [a, v] of before) {
-    const now = s.read64(a);
-    if (now !== v) out[hex(a)] = hex(now);
-  }
-  return out;
-}
 
 /** Upper guest A bits only (rule 2). */
 const CH_UPPER_A = { '0x100008': '0x101027', '0x101008': '0x102027', '0x102018': '0x103027' };
@@ -135,24 +120,24 @@ const OK_DATA = { result: 'ok', hpa: '0x800123', gpa: '0x800123' };
 describe('scenario 1: plain read — ok; guest A=1 at all 4 levels, leaf D=0; EPT bits 8/9 untouched', () => {
   it('read through a 4K page', () => {
     const s = base();
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'read')).toEqual(OK_DATA);
     expect(guest(s)).toEqual(G_READ);
     // EPT A/D disabled: every EPT entry the walk used (the four guest table pages, the data page) is as written.
     for (const gpa of [0x10_0000, 0x10_1000, 0x10_2000, 0x10_3000, DATA]) expect(ept(s, gpa)).toEqual(eptFresh(gpa));
     // Nothing else in guest or EPT table memory changed.
-    expect(changes(s, before)).toEqual(CH_READ);
+    expect(s.tableChanges(before)).toEqual(CH_READ);
   });
 });
 
 describe('scenario 2: plain write — ok; A=1 everywhere, leaf D=1, non-leaf bit 6 stays 0', () => {
   it('write through a 4K page', () => {
     const s = base();
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'write')).toEqual(OK_DATA);
     expect(guest(s)).toEqual(['0x101027', '0x102027', '0x103027', '0x800067']);
     for (const gpa of [0x10_0000, 0x10_1000, 0x10_2000, 0x10_3000, DATA]) expect(ept(s, gpa)).toEqual(eptFresh(gpa));
-    expect(changes(s, before)).toEqual({ ...CH_UPPER_A, '0x103008': '0x800067' });
+    expect(s.tableChanges(before)).toEqual({ ...CH_UPPER_A, '0x103008': '0x800067' });
   });
 });
 
@@ -161,28 +146,28 @@ describe('scenario 3: read then write (TLB D path) — the write re-walks and se
     const s = base();
     expect(s.acc(LA, 'read')).toEqual(OK_DATA);
     expect(guest(s)).toEqual(G_READ);
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     const w = s.raw(LA, 'write');
     expect(w.tlbHit).toBe(false); // not served from the cached entry (rule 6)
     expect(fields(s, w)).toEqual(OK_DATA);
     expect(guest(s)).toEqual(['0x101027', '0x102027', '0x103027', '0x800067']);
-    expect(changes(s, before)).toEqual({ '0x103008': '0x800067' });
+    expect(s.tableChanges(before)).toEqual({ '0x103008': '0x800067' });
     // Now the cached entry has D=1: a second write is a TLB hit and writes nothing.
-    const before2 = snapshot(s);
+    const before2 = s.snapshotTables();
     const w2 = s.raw(LA, 'write');
     expect(w2.tlbHit).toBe(true);
     expect(fields(s, w2)).toEqual(OK_DATA);
-    expect(changes(s, before2)).toEqual({});
+    expect(s.tableChanges(before2)).toEqual({});
   });
 
   it('the re-walk reads memory: R/W cleared after the read (no INVLPG) makes the write fault #PF 0x03', () => {
     const s = base();
     expect(s.acc(LA, 'read')).toEqual(OK_DATA);
     set64(s, G_PTE, 0x800025n); // R/W=0, A kept
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'write')).toEqual({ result: 'pf', error_code: '0x3', cr2: LA_HEX });
     expect(guest(s)).toEqual(['0x101027', '0x102027', '0x103027', '0x800025']);
-    expect(changes(s, before)).toEqual({});
+    expect(s.tableChanges(before)).toEqual({});
   });
 });
 
@@ -192,19 +177,19 @@ describe('scenario 4: stale A after clearing — a TLB hit does not set A; after
     expect(s.acc(LA, 'read')).toEqual(OK_DATA);
     expect(guest(s)).toEqual(G_READ);
     set64(s, G_PTE, 0x800007n); // software clears A
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     const r = s.raw(LA, 'read');
     expect(r.tlbHit).toBe(true);
     expect(fields(s, r)).toEqual(OK_DATA);
     expect(guest(s)).toEqual(['0x101027', '0x102027', '0x103027', '0x800007']);
-    expect(changes(s, before)).toEqual({});
+    expect(s.tableChanges(before)).toEqual({});
 
     expect(fields(s, s.m.invlpg(0, 0x80, 0x4060_1123)).result).toBe('ok');
     const r2 = s.raw(LA, 'read');
     expect(r2.tlbHit).toBe(false);
     expect(fields(s, r2)).toEqual(OK_DATA);
     expect(guest(s)).toEqual(G_READ);
-    expect(changes(s, before)).toEqual({ '0x103008': '0x800027' });
+    expect(s.tableChanges(before)).toEqual({ '0x103008': '0x800027' });
   });
 });
 
@@ -213,10 +198,10 @@ describe('scenario 5: not present at the PDE — user read: #PF 0x04, CR2 = LA',
     const s = base();
     set64(s, G_PDE, 0x103006n);
     s.regs.cpl = 3;
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'read')).toEqual({ result: 'pf', error_code: '0x4', cr2: LA_HEX });
     expect(guest(s)).toEqual(['0x101027', '0x102027', '0x103006', '0x800007']);
-    expect(changes(s, before)).toEqual({ '0x100008': '0x101027', '0x101008': '0x102027' });
+    expect(s.tableChanges(before)).toEqual({ '0x100008': '0x101027', '0x101008': '0x102027' });
   });
 
   it('same PDE, CPL 3: a user write gives #PF 0x06; an implicit (supervisor) read gives #PF 0x00', () => {
@@ -243,18 +228,18 @@ describe('scenario 6: reserved bit in a 2M PDE — #PF 0x09, no A/D on the PDE',
 
   it('PS=1 with bit 13 set, supervisor read: #PF 0x09; PML4E/PDPTE A=1 (rule 2), PDE unchanged', () => {
     const s = setup2m(0x802087n);
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA2M, 'read')).toEqual({ result: 'pf', error_code: '0x9', cr2: '0x8040712345' });
     expect(g3(s)).toEqual(['0x101027', '0x102027', '0x802087']);
-    expect(changes(s, before)).toEqual({ '0x100008': '0x101027', '0x101008': '0x102027' });
+    expect(s.tableChanges(before)).toEqual({ '0x100008': '0x101027', '0x101008': '0x102027' });
   });
 
   it('control: bit 12 (PAT) is not reserved — the read succeeds at PDE[51:21] | LA[20:0], PDE gets A only', () => {
     const s = setup2m(0x801087n);
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA2M, 'read')).toEqual({ result: 'ok', hpa: '0x912345', gpa: '0x912345' });
     expect(g3(s)).toEqual(['0x101027', '0x102027', '0x8010a7']);
-    expect(changes(s, before)).toEqual({ '0x100008': '0x101027', '0x101008': '0x102027', '0x102018': '0x8010a7' });
+    expect(s.tableChanges(before)).toEqual({ '0x100008': '0x101027', '0x101008': '0x102027', '0x102018': '0x8010a7' });
   });
 });
 
@@ -265,28 +250,28 @@ describe('scenario 7: NX with NXE=0 — #PF 0x09 (RSVD)', () => {
     const s = base();
     s.regs.efer &= ~EFER_NXE;
     set64(s, G_PTE, XD | 0x800007n);
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'read')).toEqual({ result: 'pf', error_code: '0x9', cr2: LA_HEX });
     expect(guest(s)).toEqual(['0x101027', '0x102027', '0x103027', '0x8000000000800007']);
-    expect(changes(s, before)).toEqual(CH_UPPER_A);
+    expect(s.tableChanges(before)).toEqual(CH_UPPER_A);
   });
 
   it('EFER.NXE=1: the read succeeds (leaf gets A)', () => {
     const s = base();
     set64(s, G_PTE, XD | 0x800007n);
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'read')).toEqual(OK_DATA);
     expect(guest(s)).toEqual(['0x101027', '0x102027', '0x103027', '0x8000000000800027']);
-    expect(changes(s, before)).toEqual({ ...CH_UPPER_A, '0x103008': '0x8000000000800027' });
+    expect(s.tableChanges(before)).toEqual({ ...CH_UPPER_A, '0x103008': '0x8000000000800027' });
   });
 
   it('EFER.NXE=1: a fetch gives #PF 0x11 (P|I/D); leaf A not set', () => {
     const s = base();
     set64(s, G_PTE, XD | 0x800007n);
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'fetch')).toEqual({ result: 'pf', error_code: '0x11', cr2: LA_HEX });
     expect(guest(s)).toEqual(['0x101027', '0x102027', '0x103027', '0x8000000000800007']);
-    expect(changes(s, before)).toEqual(CH_UPPER_A);
+    expect(s.tableChanges(before)).toEqual(CH_UPPER_A);
   });
 });
 
@@ -294,20 +279,20 @@ describe('scenario 8: CR0.WP — supervisor write to a R/W=0 page', () => {
   it('WP=1: #PF 0x03; leaf A/D not set', () => {
     const s = base();
     set64(s, G_PTE, 0x800005n);
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'write')).toEqual({ result: 'pf', error_code: '0x3', cr2: LA_HEX });
     expect(guest(s)).toEqual(['0x101027', '0x102027', '0x103027', '0x800005']);
-    expect(changes(s, before)).toEqual(CH_UPPER_A);
+    expect(s.tableChanges(before)).toEqual(CH_UPPER_A);
   });
 
   it('WP=0: success, and D is set although R/W=0', () => {
     const s = base();
     s.regs.cr0 &= ~CR0_WP;
     set64(s, G_PTE, 0x800005n);
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'write')).toEqual(OK_DATA);
     expect(guest(s)).toEqual(['0x101027', '0x102027', '0x103027', '0x800065']);
-    expect(changes(s, before)).toEqual({ ...CH_UPPER_A, '0x103008': '0x800065' });
+    expect(s.tableChanges(before)).toEqual({ ...CH_UPPER_A, '0x103008': '0x800065' });
   });
 });
 
@@ -315,29 +300,29 @@ describe('scenario 9: SMEP — supervisor fetch from a user-mode page: #PF 0x11'
   it('CR4.SMEP=1, NXE=1: #PF 0x11 (P|I/D); leaf A not set', () => {
     const s = base();
     s.regs.cr4 |= CR4_SMEP;
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'fetch')).toEqual({ result: 'pf', error_code: '0x11', cr2: LA_HEX });
     expect(guest(s)).toEqual(G_UPPER_A);
-    expect(changes(s, before)).toEqual(CH_UPPER_A);
+    expect(s.tableChanges(before)).toEqual(CH_UPPER_A);
   });
 
   it('CR4.SMEP=1 with EFER.NXE=0: I/D is still set, #PF 0x11', () => {
     const s = base();
     s.regs.cr4 |= CR4_SMEP;
     s.regs.efer &= ~EFER_NXE;
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'fetch')).toEqual({ result: 'pf', error_code: '0x11', cr2: LA_HEX });
-    expect(changes(s, before)).toEqual(CH_UPPER_A);
+    expect(s.tableChanges(before)).toEqual(CH_UPPER_A);
   });
 
   it('control: U/S=0 in the PML4E makes it a supervisor-mode page — the fetch succeeds', () => {
     const s = base();
     s.regs.cr4 |= CR4_SMEP;
     set64(s, G_PML4E, 0x101003n);
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'fetch')).toEqual(OK_DATA);
     expect(guest(s)).toEqual(['0x101023', '0x102027', '0x103027', '0x800027']);
-    expect(changes(s, before)).toEqual({ ...CH_READ, '0x100008': '0x101023' });
+    expect(s.tableChanges(before)).toEqual({ ...CH_READ, '0x100008': '0x101023' });
   });
 });
 
@@ -352,31 +337,31 @@ describe('scenario 10: SMAP with AC — supervisor read of a user page', () => {
 
   it('EFLAGS.AC=0: #PF 0x01; leaf A not set', () => {
     const s = smap(0);
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'read')).toEqual({ result: 'pf', error_code: '0x1', cr2: LA_HEX });
     expect(guest(s)).toEqual(G_UPPER_A);
-    expect(changes(s, before)).toEqual(CH_UPPER_A);
+    expect(s.tableChanges(before)).toEqual(CH_UPPER_A);
   });
 
   it('EFLAGS.AC=1: success', () => {
     const s = smap(1);
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'read')).toEqual(OK_DATA);
-    expect(changes(s, before)).toEqual(CH_READ);
+    expect(s.tableChanges(before)).toEqual(CH_READ);
   });
 
   it('implicit supervisor access with AC=1: #PF 0x01', () => {
     const s = smap(1);
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'read', { implicit: true })).toEqual({ result: 'pf', error_code: '0x1', cr2: LA_HEX });
-    expect(changes(s, before)).toEqual(CH_UPPER_A);
+    expect(s.tableChanges(before)).toEqual(CH_UPPER_A);
   });
 
   it('implicit access at CPL 3 is a supervisor access: #PF 0x01 (U/S bit 0)', () => {
     const s = smap(1, 3);
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'read', { implicit: true })).toEqual({ result: 'pf', error_code: '0x1', cr2: LA_HEX });
-    expect(changes(s, before)).toEqual(CH_UPPER_A);
+    expect(s.tableChanges(before)).toEqual(CH_UPPER_A);
   });
 });
 
@@ -396,41 +381,41 @@ describe('scenario 11: PKU — CR4.PKE=1, PKRU.WD[5]=1, user page with key 5', (
 
   it('user write: #PF 0x27 (P|W|U|PK); leaf A/D not set', () => {
     const s = pku(WD5, 3);
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'write')).toEqual({ result: 'pf', error_code: '0x27', cr2: LA_HEX });
     expect(guest(s)).toEqual(['0x101027', '0x102027', '0x103027', '0x2800000000800007']);
-    expect(changes(s, before)).toEqual(CH_UPPER_A);
+    expect(s.tableChanges(before)).toEqual(CH_UPPER_A);
   });
 
   it('supervisor write with CR0.WP=1: #PF 0x23 (P|W|PK)', () => {
     const s = pku(WD5, 0);
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'write')).toEqual({ result: 'pf', error_code: '0x23', cr2: LA_HEX });
-    expect(changes(s, before)).toEqual(CH_UPPER_A);
+    expect(s.tableChanges(before)).toEqual(CH_UPPER_A);
   });
 
   it('supervisor write with CR0.WP=0: success (leaf A|D)', () => {
     const s = pku(WD5, 0);
     s.regs.cr0 &= ~CR0_WP;
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'write')).toEqual(OK_DATA);
     expect(guest(s)).toEqual(['0x101027', '0x102027', '0x103027', '0x2800000000800067']);
-    expect(changes(s, before)).toEqual({ ...CH_UPPER_A, '0x103008': '0x2800000000800067' });
+    expect(s.tableChanges(before)).toEqual({ ...CH_UPPER_A, '0x103008': '0x2800000000800067' });
   });
 
   it('user read: success', () => {
     const s = pku(WD5, 3);
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'read')).toEqual(OK_DATA);
-    expect(changes(s, before)).toEqual({ ...CH_UPPER_A, '0x103008': '0x2800000000800027' });
+    expect(s.tableChanges(before)).toEqual({ ...CH_UPPER_A, '0x103008': '0x2800000000800027' });
   });
 
   it('fetch: PK is never checked — succeeds even with AD[5]=WD[5]=1, at CPL 3 and CPL 0', () => {
     for (const cpl of [3, 0]) {
       const s = pku(AD5 | WD5, cpl);
-      const before = snapshot(s);
+      const before = s.snapshotTables();
       expect(s.acc(LA, 'fetch')).toEqual(OK_DATA);
-      expect(changes(s, before)).toEqual({ ...CH_UPPER_A, '0x103008': '0x2800000000800027' });
+      expect(s.tableChanges(before)).toEqual({ ...CH_UPPER_A, '0x103008': '0x2800000000800027' });
     }
   });
 });
@@ -442,10 +427,10 @@ describe('scenario 12: PK and R/W together — PK is reported alongside the R/W 
     s.regs.pkru = 1 << 10; // AD[5]
     s.regs.cpl = 3;
     set64(s, G_PTE, (5n << 59n) | 0x800005n);
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'write')).toEqual({ result: 'pf', error_code: '0x27', cr2: LA_HEX });
     expect(guest(s)).toEqual(['0x101027', '0x102027', '0x103027', '0x2800000000800005']);
-    expect(changes(s, before)).toEqual(CH_UPPER_A);
+    expect(s.tableChanges(before)).toEqual(CH_UPPER_A);
   });
 });
 
@@ -457,24 +442,24 @@ describe('scenario 13: non-canonical — #GP(0), no walk, no A bits, no CR2', ()
     // Map the canonical twin (same PML4 index 256), so that a walk that ignored
     // canonicality would succeed and set A bits.
     s.map(0xffff_8000_0000_0000n, DATA);
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     const r = s.raw(NC, 'read');
     expect(r.refs).toBe(0);
     expect(fields(s, r)).toEqual({ result: 'gp' });
-    expect(changes(s, before)).toEqual({});
+    expect(s.tableChanges(before)).toEqual({});
     // control: the canonical twin is walked
     expect(s.acc(0xffff_8000_0000_0123n, 'read')).toEqual(OK_DATA);
-    expect(changes(s, before)).toEqual({ '0x100800': '0x101027', '0x101000': '0x102027', '0x102000': '0x103027', '0x103000': '0x800027' });
+    expect(s.tableChanges(before)).toEqual({ '0x100800': '0x101027', '0x101000': '0x102027', '0x102000': '0x103027', '0x103000': '0x800027' });
   });
 
   it('4-level: an access whose last byte is non-canonical is #GP before the first page is walked', () => {
     const s = new Setup('ept');
     s.map(0x7fff_ffff_f000n, 0x80_1000);
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     const r = s.raw(0x7fff_ffff_fffcn, 'read', { size: 8 });
     expect(r.refs).toBe(0);
     expect(fields(s, r)).toEqual({ result: 'gp' });
-    expect(changes(s, before)).toEqual({});
+    expect(s.tableChanges(before)).toEqual({});
     // control: the same address with size 4 stays in the canonical page
     expect(s.acc(0x7fff_ffff_fffcn, 'read', { size: 4 })).toEqual({ result: 'ok', hpa: '0x801ffc', gpa: '0x801ffc' });
   });
@@ -482,10 +467,10 @@ describe('scenario 13: non-canonical — #GP(0), no walk, no A bits, no CR2', ()
   it('LA57=1: the same address is canonical and is walked (5 levels)', () => {
     const s = new Setup('ept', { guestLevels: 5 });
     s.map(NC, DATA);
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(NC | 0x123n, 'read')).toEqual(OK_DATA);
     // PML5E[0], PML4E[256], PDPTE[0], PDE[0], PTE[0]
-    expect(changes(s, before)).toEqual({
+    expect(s.tableChanges(before)).toEqual({
       '0x100000': '0x101027', '0x101800': '0x102027', '0x102000': '0x103027', '0x103000': '0x104027', '0x104000': '0x800027',
     });
   });
@@ -507,10 +492,10 @@ describe('scenario 14: 1G guest page — PA = PDPTE[51:30] | LA[29:0]', () => {
 
   it('PS=1, bits 29:13 clear, read: ok at gPA 0x40601123; A on PML4E and PDPTE, no D', () => {
     const s = setup1g(0x4000_0087n);
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'read')).toEqual({ result: 'ok', hpa: '0x900123', gpa: '0x40601123' });
     expect(g2(s)).toEqual(['0x101027', '0x400000a7']);
-    expect(changes(s, before)).toEqual({ '0x100008': '0x101027', '0x101008': '0x400000a7' });
+    expect(s.tableChanges(before)).toEqual({ '0x100008': '0x101027', '0x101008': '0x400000a7' });
   });
 
   it('bit 12 (PAT) is not reserved: ok, same address', () => {
@@ -523,10 +508,10 @@ describe('scenario 14: 1G guest page — PA = PDPTE[51:30] | LA[29:0]', () => {
     it(`bit ${bit} set in the PDPTE: #PF 0x09 (RSVD); PML4E A=1, PDPTE unchanged`, () => {
       const pdpte = 0x4000_0087n | (1n << BigInt(bit));
       const s = setup1g(pdpte);
-      const before = snapshot(s);
+      const before = s.snapshotTables();
       expect(s.acc(LA, 'read')).toEqual({ result: 'pf', error_code: '0x9', cr2: LA_HEX });
       expect(g2(s)).toEqual(['0x101027', hex(pdpte)]);
-      expect(changes(s, before)).toEqual({ '0x100008': '0x101027' });
+      expect(s.tableChanges(before)).toEqual({ '0x100008': '0x101027' });
     });
   }
 });
@@ -543,12 +528,12 @@ describe('scenario 15: 5-level walk — LA[56:48]=0x1FF uses PML5 index 511', ()
 
   it('cold read: ok, 5 guest reads + 5×4+4 EPT reads = 29 references, A at all 5 levels', () => {
     const s = setup5();
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     const r = s.raw(LA5, 'read');
     expect(r.refs).toBe(29);
     expect(fields(s, r)).toEqual(OK_DATA);
     expect(E5.map((a) => hex(s.read64(a)))).toEqual(['0x101027', '0x102027', '0x103027', '0x104027', '0x800027']);
-    expect(changes(s, before)).toEqual({
+    expect(s.tableChanges(before)).toEqual({
       '0x100ff8': '0x101027', '0x101008': '0x102027', '0x102008': '0x103027', '0x103018': '0x104027', '0x104008': '0x800027',
     });
   });
@@ -556,11 +541,11 @@ describe('scenario 15: 5-level walk — LA[56:48]=0x1FF uses PML5 index 511', ()
   it('PML5E.PS=1: #PF 0x09 (RSVD) after one guest read (and its 4 EPT reads); no A anywhere', () => {
     const s = setup5();
     set64(s, E5[0], 0x101087n);
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     const r = s.raw(LA5, 'read');
     expect(r.refs).toBe(5);
     expect(fields(s, r)).toEqual({ result: 'pf', error_code: '0x9', cr2: '0xffff008040601123' });
-    expect(changes(s, before)).toEqual({});
+    expect(s.tableChanges(before)).toEqual({});
   });
 });
 
@@ -568,11 +553,11 @@ describe('scenario 16: EPT leaf not present, final read — violation Q=0x181 at
   it('EPT PTE RWX=000: Q=0x181, gpa = data byte, gla = LA; guest leaf keeps A=0 (KVM order)', () => {
     const s = base();
     set64(s, E_PTE_DATA, 0x800030n);
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'read')).toEqual({ result: 'ept_violation', qualification: '0x181', gpa: '0x800123', gla: LA_HEX });
     expect(guest(s)).toEqual(G_UPPER_A);
     expect(ept(s, DATA)).toEqual(['0x10001007', '0x10002007', '0x10007007', '0x800030']);
-    expect(changes(s, before)).toEqual(CH_UPPER_A);
+    expect(s.tableChanges(before)).toEqual(CH_UPPER_A);
   });
 });
 
@@ -595,24 +580,24 @@ describe('scenario 17: EPT read-only data page, guest write — Q=0x18A', () => 
   for (const c of cases) {
     it(`${c.name} R=1 W=0 X=0, write: ept_violation Q=0x18a at gPA ${c.gpaHex}; guest leaf A/D not set`, () => {
       const s = setup17(c);
-      const before = snapshot(s);
+      const before = s.snapshotTables();
       expect(s.acc(LA, 'write')).toEqual({ result: 'ept_violation', qualification: '0x18a', gpa: c.gpaHex, gla: LA_HEX });
       expect(guest(s)).toEqual(['0x101027', '0x102027', '0x103027', hex(c.gpa | 7)]);
-      expect(changes(s, before)).toEqual(CH_UPPER_A);
+      expect(s.tableChanges(before)).toEqual(CH_UPPER_A);
     });
 
     it(`${c.name} R=1 W=0 X=0, fetch: ept_violation Q=0x18c (FETCH|PERM_RD|7|8)`, () => {
       const s = setup17(c);
-      const before = snapshot(s);
+      const before = s.snapshotTables();
       expect(s.acc(LA, 'fetch')).toEqual({ result: 'ept_violation', qualification: '0x18c', gpa: c.gpaHex, gla: LA_HEX });
-      expect(changes(s, before)).toEqual(CH_UPPER_A);
+      expect(s.tableChanges(before)).toEqual(CH_UPPER_A);
     });
 
     it(`${c.name} R=1 W=0 X=0, control: read succeeds at hPA ${c.hpaHex}`, () => {
       const s = setup17(c);
-      const before = snapshot(s);
+      const before = s.snapshotTables();
       expect(s.acc(LA, 'read')).toEqual({ result: 'ok', hpa: c.hpaHex, gpa: c.gpaHex });
-      expect(changes(s, before)).toEqual({ ...CH_UPPER_A, '0x103008': hex(c.gpa | 0x27) });
+      expect(s.tableChanges(before)).toEqual({ ...CH_UPPER_A, '0x103008': hex(c.gpa | 0x27) });
     });
   }
 });
@@ -621,17 +606,17 @@ describe('scenario 18: EPT execute-only leaf (RWX=100b)', () => {
   it('cap bit 0=1, fetch: success; guest leaf gets A', () => {
     const s = base();
     set64(s, E_PTE_DATA, 0x800034n);
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'fetch')).toEqual(OK_DATA);
-    expect(changes(s, before)).toEqual(CH_READ);
+    expect(s.tableChanges(before)).toEqual(CH_READ);
   });
 
   it('cap bit 0=1, read: Q=0x1A1 (RD|PERM_EX|7|8)', () => {
     const s = base();
     set64(s, E_PTE_DATA, 0x800034n);
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'read')).toEqual({ result: 'ept_violation', qualification: '0x1a1', gpa: '0x800123', gla: LA_HEX });
-    expect(changes(s, before)).toEqual(CH_UPPER_A);
+    expect(s.tableChanges(before)).toEqual(CH_UPPER_A);
   });
 
   it('cap bit 0=1, write: Q=0x1A2 (WR|PERM_EX|7|8)', () => {
@@ -645,9 +630,9 @@ describe('scenario 18: EPT execute-only leaf (RWX=100b)', () => {
     it(`cap bit 0=0, ${kind}: EPT misconfiguration at the data gPA`, () => {
       const s = base({ execOnly: false });
       set64(s, E_PTE_DATA, 0x800034n);
-      const before = snapshot(s);
+      const before = s.snapshotTables();
       expect(s.acc(LA, kind)).toEqual({ result: 'ept_misconfig', gpa: '0x800123' });
-      expect(changes(s, before)).toEqual(CH_UPPER_A);
+      expect(s.tableChanges(before)).toEqual(CH_UPPER_A);
     });
   }
 });
@@ -667,10 +652,10 @@ describe('scenario 19: EPT write-only entry (bits 2:0 = 010b or 110b) — miscon
         it(`level ${l.level}, bits 2:0=${rwx.toString(2).padStart(3, '0')}b, ${kind}: ept_misconfig gpa ${l.gpa}`, () => {
           const s = base();
           set64(s, l.hpa, l.value | rwx);
-          const before = snapshot(s);
+          const before = s.snapshotTables();
           expect(s.acc(LA, kind)).toEqual({ result: 'ept_misconfig', gpa: l.gpa });
           expect(guest(s)).toEqual(l.guest);
-          expect(changes(s, before)).toEqual(l.ch);
+          expect(s.tableChanges(before)).toEqual(l.ch);
         });
       }
     }
@@ -682,9 +667,9 @@ describe('scenario 20: EPT bad memory type', () => {
     it(`leaf MT=${mt}: ept_misconfig at the data gPA`, () => {
       const s = base();
       set64(s, E_PTE_DATA, BigInt(0x80_0007 | (mt << 3)));
-      const before = snapshot(s);
+      const before = s.snapshotTables();
       expect(s.acc(LA, 'read')).toEqual({ result: 'ept_misconfig', gpa: '0x800123' });
-      expect(changes(s, before)).toEqual(CH_UPPER_A);
+      expect(s.tableChanges(before)).toEqual(CH_UPPER_A);
     });
   }
 
@@ -700,16 +685,16 @@ describe('scenario 20: EPT bad memory type', () => {
   it('MT=2 in a non-leaf EPT entry (PDE, bits 5:3 reserved there): ept_misconfig', () => {
     const s = base();
     set64(s, E_PDE_DATA, 0x1000_7017n);
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'read')).toEqual({ result: 'ept_misconfig', gpa: '0x800123' });
-    expect(changes(s, before)).toEqual(CH_UPPER_A);
+    expect(s.tableChanges(before)).toEqual(CH_UPPER_A);
   });
 
   it('MT=2 in an entry with RWX=000: a plain violation Q=0x181 (reserved bits ignored when not present)', () => {
     const s = base();
     set64(s, E_PTE_DATA, 0x80_0010n);
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'read')).toEqual({ result: 'ept_violation', qualification: '0x181', gpa: '0x800123', gla: LA_HEX });
-    expect(changes(s, before)).toEqual(CH_UPPER_A);
+    expect(s.tableChanges(before)).toEqual(CH_UPPER_A);
   });
 });

@@ -117,24 +117,9 @@ function guest(s: Setup): string[] {
 // ---------------------------------------------------------------- snapshots
 
 /** Guest tables (0x100000, 32 pages) and EPT/NPT tables (0x10000000, 32 pages). */
-const REGIONS: readonly (readonly [number, number])[] = [[0x10_0000, 32], [0x1000_0000, 32]];
-type Snap = Map<number, bigint>;
 
-function snapshot(s: Setup): Snap {
-  const m: Snap = new Map();
-  for (const [b, pages] of REGIONS) for (let a = b; a < b + pages * 4096; a += 8) m.set(a, s.read64(a));
-  return m;
-}
 
 /** Every table qword that changed since `before`: hPA -> new value. */
-function changes(s: Setup, before: Snap): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const [a, v] of before) {
-    const now = s.read64(a);
-    if (now !== v) out[hex(a)] = hex(now);
-  }
-  return out;
-}
 
 /** Contract JSON fields of a raw result (of an access or an instruction). */
 function fields(s: Setup, r: AccessResult): Record<string, string | number> {
@@ -182,18 +167,18 @@ describe('scenario 21: misconfiguration vs violation precedence', () => {
     for (const kind of KINDS) {
       it(`PTE bit 51 set (M=46), ${kind}: ept_misconfig at the data gPA; guest leaf untouched`, () => {
         const s = setup((1n << 51n) | 0x90_0037n);
-        const before = snapshot(s);
+        const before = s.snapshotTables();
         expect(s.acc(LA, kind)).toEqual({ result: 'ept_misconfig', gpa: '0x40800123' });
         expect(guest(s)).toEqual(['0x101027', '0x102027', '0x103027', '0x40800007']);
-        expect(changes(s, before)).toEqual(CH_UPPER_A);
+        expect(s.tableChanges(before)).toEqual(CH_UPPER_A);
       });
     }
 
     it('control: without bit 51 the walk completes and the read is a violation Q=0x1a1 (RD|PERM_X|7|8)', () => {
       const s = setup(0x90_0037n);
-      const before = snapshot(s);
+      const before = s.snapshotTables();
       expect(s.acc(LA, 'read')).toEqual({ result: 'ept_violation', qualification: '0x1a1', gpa: '0x40800123', gla: LA_HEX });
-      expect(changes(s, before)).toEqual(CH_UPPER_A);
+      expect(s.tableChanges(before)).toEqual(CH_UPPER_A);
     });
 
     it('control: without bit 51 a fetch succeeds through the execute-only PDPTE', () => {
@@ -221,10 +206,10 @@ describe('scenario 21: misconfiguration vs violation precedence', () => {
     for (const [kind, q] of [['read', '0x181'], ['write', '0x182'], ['fetch', '0x184']] as const) {
       it(`PML4E RWX=000, ${kind}: ept_violation Q=${q} (no permission bits: not present), gpa = data byte`, () => {
         const s = setup(0x1000_b000n);
-        const before = snapshot(s);
+        const before = s.snapshotTables();
         expect(s.acc(LA, kind)).toEqual({ result: 'ept_violation', qualification: q, gpa: '0x8000000123', gla: LA_HEX });
         expect(guest(s)).toEqual(['0x101027', '0x102027', '0x103027', '0x8000000007']);
-        expect(changes(s, before)).toEqual(CH_UPPER_A);
+        expect(s.tableChanges(before)).toEqual(CH_UPPER_A);
       });
     }
 
@@ -240,11 +225,11 @@ describe('scenario 22: guest PT page not in EPT, A/D off — Q=0x081 at the gPA 
     it(`EPT PTE of gPA 0x103000 RWX=000, ${kind}: Q=0x81 (RD|7, bit 8=0), gpa 0x103008, gla = LA`, () => {
       const s = base();
       s.write64(E_PTE_PT, 0x10_3030n);
-      const before = snapshot(s);
+      const before = s.snapshotTables();
       expect(s.acc(LA, kind)).toEqual({ result: 'ept_violation', qualification: '0x81', gpa: '0x103008', gla: LA_HEX });
       // The PML4E, PDPTE and PDE were passed before the PTE's gPA was translated (rule 2); no EPT A/D.
       expect(guest(s)).toEqual(G_UPPER_A);
-      expect(changes(s, before)).toEqual(CH_UPPER_A);
+      expect(s.tableChanges(before)).toEqual(CH_UPPER_A);
     });
   }
 });
@@ -254,9 +239,9 @@ describe('scenario 23: guest PT page not in EPT, EPTP[6]=1 — Q=0x083 (RD|WR|7)
     it(`${kind}: Q=0x83, gpa 0x103008; EPT A/D set for the three PT pages translated before`, () => {
       const s = base({ eptAd: true });
       s.write64(E_PTE_PT, 0x10_3030n);
-      const before = snapshot(s);
+      const before = s.snapshotTables();
       expect(s.acc(LA, kind)).toEqual({ result: 'ept_violation', qualification: '0x83', gpa: '0x103008', gla: LA_HEX });
-      expect(changes(s, before)).toEqual({ ...CH_UPPER_A, ...CH_EPT_AD_PT3 });
+      expect(s.tableChanges(before)).toEqual({ ...CH_UPPER_A, ...CH_EPT_AD_PT3 });
     });
   }
 });
@@ -277,27 +262,27 @@ describe('scenario 24: guest PT page EPT read-only, A/D off — the guest A/D up
   for (const kind of KINDS) {
     it(`guest PTE A=0, ${kind}: Q=0x8b (RD|WR|PERM_RD|7), gpa 0x103008; nothing written`, () => {
       const s = setup(0x80_0007n);
-      const before = snapshot(s);
+      const before = s.snapshotTables();
       expect(s.acc(LA, kind)).toEqual(VIOL);
-      expect(changes(s, before)).toEqual({});
+      expect(s.tableChanges(before)).toEqual({});
     });
   }
 
   for (const [kind, want] of [['read', OK_DATA], ['fetch', OK_DATA], ['write', VIOL]] as const) {
     it(`guest PTE A=1, ${kind}: ${want.result === 'ok' ? 'succeeds (nothing to write)' : 'Q=0x8b (the D update fails)'}`, () => {
       const s = setup(0x80_0027n);
-      const before = snapshot(s);
+      const before = s.snapshotTables();
       expect(s.acc(LA, kind)).toEqual(want);
-      expect(changes(s, before)).toEqual({});
+      expect(s.tableChanges(before)).toEqual({});
     });
   }
 
   for (const kind of KINDS) {
     it(`guest PTE A=D=1, ${kind}: succeeds; nothing written`, () => {
       const s = setup(0x80_0067n);
-      const before = snapshot(s);
+      const before = s.snapshotTables();
       expect(s.acc(LA, kind)).toEqual(OK_DATA);
-      expect(changes(s, before)).toEqual({});
+      expect(s.tableChanges(before)).toEqual({});
     });
   }
 });
@@ -309,10 +294,10 @@ describe('scenario 25: guest PT page EPT read-only, EPTP[6]=1 — Q=0x08B whatev
         const s = base({ eptAd: true });
         s.write64(G_PTE, pte);
         s.write64(E_PTE_PT, 0x10_3031n);
-        const before = snapshot(s);
+        const before = s.snapshotTables();
         expect(s.acc(LA, kind)).toEqual({ result: 'ept_violation', qualification: '0x8b', gpa: '0x103008', gla: LA_HEX });
         expect(s.read64(E_PTE_PT)).toBe(0x10_3031n);
-        expect(changes(s, before)).toEqual({ ...CH_UPPER_A, ...CH_EPT_AD_PT3 });
+        expect(s.tableChanges(before)).toEqual({ ...CH_UPPER_A, ...CH_EPT_AD_PT3 });
       });
     }
   }
@@ -321,10 +306,10 @@ describe('scenario 25: guest PT page EPT read-only, EPTP[6]=1 — Q=0x08B whatev
 describe('scenario 26: EPT A/D bookkeeping — EPTP[6]=1, cold read then write', () => {
   it('read: each guest PT page has A at all EPT levels and D in the EPT leaf; data page A only; non-leaf D=0', () => {
     const s = base({ eptAd: true });
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'read')).toEqual(OK_DATA);
     expect(guest(s)).toEqual(G_READ);
-    expect(changes(s, before)).toEqual({
+    expect(s.tableChanges(before)).toEqual({
       ...CH_READ,
       ...CH_EPT_AD_PT4,
       '0x10002020': '0x10007107', // EPT PDE of the data page: A
@@ -333,9 +318,9 @@ describe('scenario 26: EPT A/D bookkeeping — EPTP[6]=1, cold read then write',
 
     // Then a write: the data page's EPT leaf gets D (and the guest leaf D); nothing else changes.
     // (The model has no PML, so no log is written.)
-    const before2 = snapshot(s);
+    const before2 = s.snapshotTables();
     expect(s.acc(LA, 'write')).toEqual(OK_DATA);
-    expect(changes(s, before2)).toEqual({ '0x103008': '0x800067', '0x10007000': '0x800337' });
+    expect(s.tableChanges(before2)).toEqual({ '0x103008': '0x800067', '0x10007000': '0x800337' });
   });
 });
 
@@ -343,10 +328,10 @@ describe('scenario 27: EPT A/D kept on a final violation — EPTP[6]=1, data EPT
   it('the PT pages keep EPT A/D; the data gPA\'s EPT entries keep A=D=0', () => {
     const s = base({ eptAd: true });
     s.write64(E_PTE_DATA, 0x80_0030n);
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'write')).toEqual({ result: 'ept_violation', qualification: '0x182', gpa: '0x800123', gla: LA_HEX });
     expect(guest(s)).toEqual(G_UPPER_A);
-    expect(changes(s, before)).toEqual({ ...CH_UPPER_A, ...CH_EPT_AD_PT4 });
+    expect(s.tableChanges(before)).toEqual({ ...CH_UPPER_A, ...CH_EPT_AD_PT4 });
     expect(hex(s.read64(E_PDE_DATA))).toBe('0x10007007');
     expect(hex(s.read64(E_PTE_DATA))).toBe('0x800030');
   });
@@ -357,18 +342,18 @@ describe('scenario 28: guest #PF beats a final EPT violation — #PF 0x03, no ex
     const s = base();
     s.write64(G_PTE, 0x80_0005n);
     s.write64(E_PTE_DATA, 0x80_0030n);
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'write')).toEqual({ result: 'pf', error_code: '0x3', cr2: LA_HEX });
     expect(guest(s)).toEqual(['0x101027', '0x102027', '0x103027', '0x800005']);
-    expect(changes(s, before)).toEqual(CH_UPPER_A);
+    expect(s.tableChanges(before)).toEqual(CH_UPPER_A);
   });
 
   it('control: with guest R/W=1 the same write reaches EPT: Q=0x182', () => {
     const s = base();
     s.write64(E_PTE_DATA, 0x80_0030n);
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'write')).toEqual({ result: 'ept_violation', qualification: '0x182', gpa: '0x800123', gla: LA_HEX });
-    expect(changes(s, before)).toEqual(CH_UPPER_A);
+    expect(s.tableChanges(before)).toEqual(CH_UPPER_A);
   });
 });
 
@@ -387,35 +372,35 @@ describe('scenario 29 (modelled CPU has no MBEC: EPT bit 10 ignored) — XU does
   it('leaf R=1 W=0 X=0 XU=1, supervisor fetch from a supervisor-mode page: Q=0x18c (FETCH|PERM_RD|7|8; MBEC would give 0x1cc)', () => {
     const s = setup(0x80_0431n);
     s.write64(G_PML4E, 0x10_1003n); // U/S=0: supervisor-mode address
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'fetch')).toEqual({ result: 'ept_violation', qualification: '0x18c', gpa: '0x800123', gla: LA_HEX });
-    expect(changes(s, before)).toEqual({ ...CH_UPPER_A, '0x100008': '0x101023' });
+    expect(s.tableChanges(before)).toEqual({ ...CH_UPPER_A, '0x100008': '0x101023' });
   });
 
   for (const cpl of [0, 3]) {
     it(`leaf R=1 W=0 X=0 XU=1, fetch from a user-mode page at CPL ${cpl}: Q=0x18c (MBEC would allow it)`, () => {
       const s = setup(0x80_0431n);
       s.regs.cpl = cpl;
-      const before = snapshot(s);
+      const before = s.snapshotTables();
       expect(s.acc(LA, 'fetch')).toEqual({ result: 'ept_violation', qualification: '0x18c', gpa: '0x800123', gla: LA_HEX });
-      expect(changes(s, before)).toEqual(CH_UPPER_A);
+      expect(s.tableChanges(before)).toEqual(CH_UPPER_A);
     });
   }
 
   it('control: the same leaf allows a read (R=1); upper entries with bit 10 set translate the guest tables normally', () => {
     const s = setup(0x80_0431n);
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'read')).toEqual(OK_DATA);
-    expect(changes(s, before)).toEqual(CH_READ);
+    expect(s.tableChanges(before)).toEqual(CH_READ);
   });
 
   for (const execOnly of [true, false]) {
     for (const [kind, q] of [['fetch', '0x184'], ['read', '0x181']] as const) {
       it(`leaf with only XU set (bits 2:0=000b), execOnly=${execOnly}, ${kind}: not present — violation Q=${q}, not a misconfiguration`, () => {
         const s = setup(0x80_0430n, { execOnly });
-        const before = snapshot(s);
+        const before = s.snapshotTables();
         expect(s.acc(LA, kind)).toEqual({ result: 'ept_violation', qualification: q, gpa: '0x800123', gla: LA_HEX });
-        expect(changes(s, before)).toEqual(CH_UPPER_A);
+        expect(s.tableChanges(before)).toEqual(CH_UPPER_A);
       });
     }
   }
@@ -450,10 +435,10 @@ describe('scenario 30: 1G EPT/NPT page under a 2M guest page', () => {
   for (const bit of [12, 13, 21, 29]) {
     it(`EPT PDPTE 1G leaf with bit ${bit} set ([29:12] reserved): ept_misconfig at the data gPA`, () => {
       const s = setup('ept', 0x8000_00b7n | (1n << BigInt(bit)));
-      const before = snapshot(s);
+      const before = s.snapshotTables();
       expect(s.acc(LA2M, 'read')).toEqual({ result: 'ept_misconfig', gpa: '0x40712345' });
       expect(g3(s)).toEqual(['0x101027', '0x102027', '0x40600087']);
-      expect(changes(s, before)).toEqual({ '0x100008': '0x101027', '0x101008': '0x102027' });
+      expect(s.tableChanges(before)).toEqual({ '0x100008': '0x101027', '0x101008': '0x102027' });
     });
   }
 
@@ -473,11 +458,11 @@ describe('scenario 30: 1G EPT/NPT page under a 2M guest page', () => {
 
   it('NPT: bit 13 of a 1G PDPTE is reserved — #NPF EXITINFO1 0x10000000d (P|U|RSVD|FINAL), EXITINFO2 = gPA', () => {
     const s = setup('npt', 0x8000_2087n);
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA2M, 'read')).toEqual({ result: 'npf', exitinfo1: '0x10000000d', exitinfo2: '0x40712345' });
     expect(g3(s)).toEqual(['0x101027', '0x102027', '0x40600087']);
     expect(hex(s.read64(E_PDPTE1))).toBe('0x80002087');
-    const ch = changes(s, before);
+    const ch = s.tableChanges(before);
     // Guest: upper A only. Nested: only A/D on entries that translated guest table pages and the
     // data walk's PML4E (non-leaf A); the faulting PDPTE is untouched.
     expect(ch['0x102018']).toBeUndefined();
@@ -507,18 +492,18 @@ describe('scenario 32: NPT basic faults [KUT svm_npt]', () => {
       it(`${c.name}${tag}: EXITINFO1 ${c.ei1}, EXITINFO2 = data gPA 0x800123`, () => {
         const s = base(o, 'npt');
         s.write64(E_PTE_DATA, c.pte);
-        const before = snapshot(s);
+        const before = s.snapshotTables();
         expect(s.acc(LA, c.kind)).toEqual({ result: 'npf', exitinfo1: c.ei1, exitinfo2: '0x800123' });
         expect(guest(s)).toEqual(G_UPPER_A);
-        expect(changes(s, before)).toEqual({ ...CH_UPPER_A, ...CH_NPT_WALK });
+        expect(s.tableChanges(before)).toEqual({ ...CH_UPPER_A, ...CH_NPT_WALK });
       });
     }
 
     it(`control${tag}: the default NPT read succeeds; the nested data leaf gets A, no D`, () => {
       const s = base(o, 'npt');
-      const before = snapshot(s);
+      const before = s.snapshotTables();
       expect(s.acc(LA, 'read')).toEqual(OK_DATA);
-      expect(changes(s, before)).toEqual({ ...CH_READ, ...CH_NPT_WALK, '0x10007000': '0x800027' });
+      expect(s.tableChanges(before)).toEqual({ ...CH_READ, ...CH_NPT_WALK, '0x10007000': '0x800027' });
     });
   }
 });
@@ -529,11 +514,11 @@ describe('scenario 33: NPT walk treated as write — EXITINFO1 0x200000007', () 
     it(`NPT PTE of the guest PML4 page W=0, ${kind}: EXITINFO1 0x200000007, EXITINFO2 0x100008; guest A untouched`, () => {
       const s = base({}, 'npt');
       s.write64(E_PTE_PML4, 0x10_0005n); // P|U, W=0
-      const before = snapshot(s);
+      const before = s.snapshotTables();
       expect(s.acc(LA, kind)).toEqual({ result: 'npf', exitinfo1: '0x200000007', exitinfo2: '0x100008' });
       expect(guest(s)).toEqual(G_FRESH);
       // Nested non-leaf A as the nested walk moved past them; the W=0 leaf gets nothing.
-      expect(changes(s, before)).toEqual(CH_NPT_UPPER);
+      expect(s.tableChanges(before)).toEqual(CH_NPT_UPPER);
     });
   }
 
@@ -573,11 +558,11 @@ describe('scenario 35: NPT reserved bit 8 in the PML4E mapping the guest page ta
     it(`${kind}: #NPF P|W|U|RSVD|GUEST_PAGE at the first guest PT access (gPA 0x100008, 1 reference); nothing written`, () => {
       const s = base({}, 'npt');
       s.write64(E_PML4E, 0x1000_1107n);
-      const before = snapshot(s);
+      const before = s.snapshotTables();
       const r = s.raw(LA, kind);
       expect(r.refs).toBe(1);
       expect(fields(s, r)).toEqual({ result: 'npf', exitinfo1: '0x20000000f', exitinfo2: '0x100008' });
-      expect(changes(s, before)).toEqual({});
+      expect(s.tableChanges(before)).toEqual({});
     });
   }
 
@@ -739,9 +724,9 @@ describe('scenario 40: INVEPT single-context', () => {
     expect(accHit(s, LA, 'write')).toEqual([OK_DATA, true]);
 
     expect(insn(s.m.invept(0, true, s.regs.eptp))).toEqual(OK_INSN);
-    const before = snapshot(s);
+    const before = s.snapshotTables();
     expect(s.acc(LA, 'write')).toEqual({ result: 'ept_violation', qualification: '0x18a', gpa: '0x800123', gla: LA_HEX });
-    expect(changes(s, before)).toEqual({});
+    expect(s.tableChanges(before)).toEqual({});
     // Reads are still allowed by the R-only leaf.
     expect(s.acc(LA, 'read')).toEqual(OK_DATA);
   });

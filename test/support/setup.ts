@@ -29,6 +29,8 @@ export interface SetupOptions {
   execOnly?: boolean;
 }
 
+export type TableSnapshot = Map<number, bigint>;
+
 export type KindName = 'read' | 'write' | 'fetch';
 const KIND: Record<KindName, AccessKind> = { read: AccessKind.Read, write: AccessKind.Write, fetch: AccessKind.Fetch };
 
@@ -113,6 +115,23 @@ export class Setup {
   acc(gva: bigint, kind: KindName, o: { size?: number; implicit?: boolean; vcpu?: number } = {}): Record<string, string | number> {
     const out: Record<string, string | number> = {};
     accessFields(this.mode, this.raw(gva, kind, o), out);
+    return out;
+  }
+
+  /** Every word of the guest tables and the EPT/NPT tables (32 pages each from their bases). */
+  snapshotTables(): TableSnapshot {
+    const m: TableSnapshot = new Map();
+    for (const b of [GUEST_TABLES, SECOND_TABLES]) for (let a = b; a < b + 32 * 4096; a += 8) m.set(a, this.read64(a));
+    return m;
+  }
+
+  /** The table words that differ from the snapshot: { '0xaddr': '0xnew value' }. */
+  tableChanges(before: TableSnapshot): Record<string, string> {
+    const out: Record<string, string> = {};
+    for (const [a, v] of before) {
+      const now = this.read64(a);
+      if (now !== v) out['0x' + a.toString(16)] = '0x' + now.toString(16);
+    }
     return out;
   }
 
