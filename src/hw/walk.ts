@@ -186,10 +186,6 @@ export class Mmu {
   }
 
   /**
-   * Translate one access that does not cross a 4K boundary; the outcome is
-   * left in `res` (which the caller reset). The canonical check is the caller's.
-   */
-  /**
    * The L1 memo's short cut for an access within one page: on a hit the
    * result is complete (as reset() plus an Ok TLB hit) and true is returned.
    * A memo entry exists only for an address that passed the canonical check
@@ -215,6 +211,10 @@ export class Mmu {
     return true;
   }
 
+  /**
+   * Translate one access that does not cross a 4K boundary; the outcome is
+   * left in `res` (which the caller reset). The canonical check is the caller's.
+   */
   translate(laHi: number, laLo: number, kind: AccessKind, implicit: boolean): void {
     const r = this.res;
     const regs = this.regs;
