@@ -173,7 +173,7 @@ class Dumper {
       const leaf = level <= 3 && isLeaf(e.lo, level);
       const entry: DumpEntry = {
         level, index, start, end, value: e.v, leaf, children: [],
-        flags: dim === Dim.Ept ? eptEntryFlags(e.lo, e.hi, level) : guestEntryFlags(e.lo, e.hi, level),
+        flags: dim === Dim.Ept ? eptEntryFlags(e.lo, e.hi, level) : guestEntryFlags(e.lo, e.hi, level, dim !== Dim.Npt),
       };
       const bad = dim === Dim.Ept
         ? mmu.eptMisconfigured(e.lo, e.hi, level)

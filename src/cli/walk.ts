@@ -292,7 +292,7 @@ function lastLevel(p: WalkProbe, second: boolean): number {
 
 function entryFlags(dim: Dim, lo: number, hi: number, level: number, pae = false): string {
   if (pae && dim === Dim.Guest && level === 3) return paePdpteFlags(lo);
-  return dim === Dim.Ept ? eptEntryFlags(lo, hi, level) : guestEntryFlags(lo, hi, level);
+  return dim === Dim.Ept ? eptEntryFlags(lo, hi, level) : guestEntryFlags(lo, hi, level, dim !== Dim.Npt);
 }
 
 /** The outcome as the contract's fields plus the page sizes and the decoded bit names. */

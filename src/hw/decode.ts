@@ -33,14 +33,16 @@ export function bitByBit(value: number, table: readonly (readonly [number, strin
 
 /**
  * Flags of a guest (or NPT) entry, upper case when set, as the Bochs
- * debugger's `page` command prints them.
+ * debugger's `page` command prints them. `keys`: show the protection key
+ * (NPT entries have none: protection keys never apply to nested walks).
  */
-export function guestEntryFlags(lo: number, hi: number, level: number): string {
+export function guestEntryFlags(lo: number, hi: number, level: number, keys = true): string {
   const leaf = level === 1 || (level <= 3 && (lo & 0x80) !== 0);
   const f = (set: boolean, name: string) => (set ? name.toUpperCase() : name.toLowerCase());
   const parts = [f(hi < 0, 'xd')];
   if (leaf) {
-    parts.push(`pk=${(hi >>> 27) & 15}`, f((lo & 0x100) !== 0, 'g'), f(level === 1 ? (lo & 0x80) !== 0 : (lo & 0x1000) !== 0, 'pat'), f((lo & 0x40) !== 0, 'd'));
+    if (keys) parts.push(`pk=${(hi >>> 27) & 15}`);
+    parts.push(f((lo & 0x100) !== 0, 'g'), f(level === 1 ? (lo & 0x80) !== 0 : (lo & 0x1000) !== 0, 'pat'), f((lo & 0x40) !== 0, 'd'));
   }
   if (level > 1) parts.push(f((lo & 0x80) !== 0, 'ps'));
   parts.push(f((lo & 0x20) !== 0, 'a'), f((lo & 0x10) !== 0, 'pcd'), f((lo & 0x8) !== 0, 'pwt'), f((lo & 4) !== 0, 'u'), f((lo & 2) !== 0, 'w'), f((lo & 1) !== 0, 'p'));

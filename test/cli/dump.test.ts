@@ -141,13 +141,13 @@ describe('mmulab dump --table ept|npt', () => {
     expect(dump(NPT, { table: 'npt' })).toEqual([
       'NPT tables of vcpu0: nCR3 0x20000000, root hPA 0x20000000, 4-level; test/cli/data/npt4.trace run to the end',
       '',
-      'PML4E[0]        0x0000000000000000-0x0000007fffffffff  0x0000000020001007  xd ps a pcd pwt U W P            -> table 0x20001000',
-      '  PDPTE[0]      0x0000000000000000-0x000000003fffffff  0x0000000020002007  xd ps a pcd pwt U W P            -> table 0x20002000',
-      '    PDE[0]      0x0000000000000000-0x00000000001fffff  0x0000000020003007  xd ps a pcd pwt U W P            -> table 0x20003000',
-      '      PTE[256]  0x0000000000100000-0x0000000000100fff  0x0000000003100007  xd pk=0 g pat d a pcd pwt U W P  -> 0x3100000 4K page',
-      '      PTE[257]  0x0000000000101000-0x0000000000101fff  0x0000000003101007  xd pk=0 g pat d a pcd pwt U W P  -> 0x3101000 4K page',
-      '      PTE[258]  0x0000000000102000-0x0000000000102fff  0x0000000003102007  xd pk=0 g pat d a pcd pwt U W P  -> 0x3102000 4K page',
-      '      PTE[259]  0x0000000000103000-0x0000000000103fff  0x0000000003103007  xd pk=0 g pat d a pcd pwt U W P  -> 0x3103000 4K page',
+      'PML4E[0]        0x0000000000000000-0x0000007fffffffff  0x0000000020001007  xd ps a pcd pwt U W P       -> table 0x20001000',
+      '  PDPTE[0]      0x0000000000000000-0x000000003fffffff  0x0000000020002007  xd ps a pcd pwt U W P       -> table 0x20002000',
+      '    PDE[0]      0x0000000000000000-0x00000000001fffff  0x0000000020003007  xd ps a pcd pwt U W P       -> table 0x20003000',
+      '      PTE[256]  0x0000000000100000-0x0000000000100fff  0x0000000003100007  xd g pat d a pcd pwt U W P  -> 0x3100000 4K page',
+      '      PTE[257]  0x0000000000101000-0x0000000000101fff  0x0000000003101007  xd g pat d a pcd pwt U W P  -> 0x3101000 4K page',
+      '      PTE[258]  0x0000000000102000-0x0000000000102fff  0x0000000003102007  xd g pat d a pcd pwt U W P  -> 0x3102000 4K page',
+      '      PTE[259]  0x0000000000103000-0x0000000000103fff  0x0000000003103007  xd g pat d a pcd pwt U W P  -> 0x3103000 4K page',
     ]);
     expect(dump(NPT, { table: 'guest' }).at(-1)).toBe(
       '      PTE[1]  0x0000000000401000-0x0000000000401fff  0x0000000000105007  xd pk=0 g pat d a pcd pwt U W P  -> gPA 0x105000 4K page (not mapped by NPT: NPT PTE at hPA 0x20003828 is not present)',
