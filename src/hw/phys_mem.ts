@@ -14,6 +14,7 @@ export const enum MemOp {
   Cmpxchg = 2,
   Or = 3,
   And = 4,
+  Xchg = 5,
 }
 
 /** Called before every operation; a scheduler may run other simulated CPUs here. */
@@ -159,6 +160,18 @@ export class PhysMem {
     words[w] = newLo;
     words[w + 1] = newHi;
     return true;
+  }
+
+  /** Atomic exchange (XCHG); the old value is left in lo/hi. */
+  xchg64(hpa: number, lo: number, hi: number): void {
+    if (this.preempt !== null) this.preempt.point(MemOp.Xchg, hpa);
+    this.check(hpa);
+    const w = this.frame(Math.floor(hpa * INV_4K)) + ((hpa & 0xff8) >>> 2);
+    const words = this.words;
+    this.lo = words[w];
+    this.hi = words[w + 1];
+    words[w] = lo;
+    words[w + 1] = hi;
   }
 
   /** Atomic OR (LOCK OR / set_bit); the old value is left in lo/hi. */

@@ -20,7 +20,9 @@
  * descends, so it never enters a table that is no longer linked from it.
  */
 import type { PhysMem } from '../hw/phys_mem.js';
-import { PG_LEVEL_4K, PT64_ROOT_MAX_LEVEL, SPTE_ENT_PER_PAGE, isLastSpte, isShadowPresentPte, spteToPfn } from './spte.js';
+import {
+  PG_LEVEL_4K, PT64_ROOT_MAX_LEVEL, SPTE_ENT_PER_PAGE, isLastSpte, isShadowPresentPte, spteNeedsAtomicWrite, spteToPfn, type SpteFlavour,
+} from './spte.js';
 
 const PAGE_SIZE = 4096;
 const TWO_32 = 2 ** 32;
@@ -251,4 +253,62 @@ export function forEachTdpPteMinLevelAll(
  */
 export function iterAtPresentLeaf(it: TdpIter): boolean {
   return isShadowPresentPte(it.oldSpte) && isLastSpte(it.oldSpte, it.level);
+}
+
+// ---------------------------------------------------------------------------
+// Writing SPTEs (tdp_iter.h). Each writer is a program step for the seeded
+// scheduler (src/hw/sched.ts): it yields right before its memory operation,
+// so a test can let a hardware walk run between KVM's read and its write.
+
+function lo32(v: bigint): number {
+  return Number(v & 0xffffffffn) | 0;
+}
+function hi32(v: bigint): number {
+  return Number((v >> 32n) & 0xffffffffn) | 0;
+}
+function fromHalves(lo: number, hi: number): bigint {
+  return (BigInt(hi >>> 0) << 32n) | BigInt(lo >>> 0);
+}
+
+/** Mirrors __kvm_tdp_mmu_write_spte: a plain store (WRITE_ONCE); bits set meanwhile by others are overwritten. */
+export function* writeSptePlain(mem: PhysMem, sptep: number, newSpte: bigint): Generator<void, void, undefined> {
+  yield;
+  mem.store64(sptep, lo32(newSpte), hi32(newSpte));
+}
+
+/** Mirrors kvm_tdp_mmu_write_spte_atomic: an exchange, returning the value it replaced (with whatever others set). */
+export function* writeSpteAtomic(mem: PhysMem, sptep: number, newSpte: bigint): Generator<void, bigint, undefined> {
+  yield;
+  mem.xchg64(sptep, lo32(newSpte), hi32(newSpte));
+  return fromHalves(mem.lo, mem.hi);
+}
+
+/**
+ * Mirrors kvm_tdp_mmu_spte_need_atomic_update: only a present leaf can have
+ * bits set behind KVM's back, and only when spteNeedsAtomicWrite says so.
+ */
+export function tdpMmuSpteNeedAtomicUpdate(f: SpteFlavour, oldSpte: bigint, level: number): boolean {
+  return isShadowPresentPte(oldSpte) && isLastSpte(oldSpte, level) && spteNeedsAtomicWrite(f, oldSpte);
+}
+
+/** Mirrors kvm_tdp_mmu_write_spte: atomic when needed, else a plain store; returns the old value seen. */
+export function* kvmTdpMmuWriteSpte(
+  f: SpteFlavour, mem: PhysMem, sptep: number, oldSpte: bigint, newSpte: bigint, level: number,
+): Generator<void, bigint, undefined> {
+  if (tdpMmuSpteNeedAtomicUpdate(f, oldSpte, level)) return yield* writeSpteAtomic(mem, sptep, newSpte);
+  yield* writeSptePlain(mem, sptep, newSpte);
+  return oldSpte;
+}
+
+/** Mirrors tdp_mmu_clear_spte_bits: atomic fetch-and when needed, else a plain store of oldSpte & ~mask. */
+export function* tdpMmuClearSpteBits(
+  f: SpteFlavour, mem: PhysMem, sptep: number, oldSpte: bigint, mask: bigint, level: number,
+): Generator<void, bigint, undefined> {
+  if (tdpMmuSpteNeedAtomicUpdate(f, oldSpte, level)) {
+    yield;
+    mem.and64(sptep, lo32(~mask), hi32(~mask));
+    return fromHalves(mem.lo, mem.hi);
+  }
+  yield* writeSptePlain(mem, sptep, oldSpte & ~mask);
+  return oldSpte;
 }

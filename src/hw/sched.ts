@@ -1,0 +1,103 @@
+/**
+ * A seeded scheduler of simulated CPUs, so that a test can interleave
+ * lockless software (KVM's aging, zapping, faulting) with hardware walks at
+ * every shared-memory operation and replay an interleaving from its seed.
+ *
+ * Two kinds of agent take part:
+ * - programs: generators that yield right before each shared-memory
+ *   operation (the software side, written step by step);
+ * - one synchronous agent run through `run()` (a hardware access): at each of
+ *   its memory operations the PhysMem preempt hook lets the scheduler run
+ *   steps of the programs first.
+ * So any interleaving of the programs' operations with the agent's is
+ * reachable, and which one happens is a function of the seed alone.
+ */
+import { MemOp, PhysMem, PreemptHook } from './phys_mem.js';
+
+const OP_NAMES = ['load', 'store', 'cmpxchg', 'or', 'and', 'xchg'];
+
+/** A simulated CPU's program; each `yield` is a point where another CPU may run. */
+export type SimProgram = Generator<unknown, unknown, undefined>;
+
+interface Thread {
+  name: string;
+  gen: SimProgram;
+  done: boolean;
+}
+
+export class Scheduler implements PreemptHook {
+  private readonly threads: Thread[] = [];
+  private state: number;
+  private inProgram = false;
+  /** Every step taken, as `name` (a program step) or `hw:op@hpa` (an agent operation): the interleaving, for messages. */
+  readonly log: string[] = [];
+
+  constructor(
+    readonly mem: PhysMem,
+    readonly seed: number,
+    /** Chance, at each point, of running one more program step before the agent goes on. */
+    readonly switchChance = 0.5,
+  ) {
+    this.state = seed >>> 0 || 0x9e3779b9;
+  }
+
+  /** xorshift32: deterministic across runs and platforms. */
+  private random(): number {
+    let x = this.state;
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    this.state = x >>> 0;
+    return this.state / 4294967296;
+  }
+
+  spawn(name: string, program: SimProgram): void {
+    this.threads.push({ name, gen: program, done: false });
+  }
+
+  private runnable(): Thread[] {
+    return this.threads.filter((t) => !t.done);
+  }
+
+  /** Advance one program by one step (to its next yield or its end). */
+  private step(t: Thread): void {
+    this.inProgram = true;
+    try {
+      this.log.push(t.name);
+      t.done = t.gen.next().done === true;
+    } finally {
+      this.inProgram = false;
+    }
+  }
+
+  /** The preempt hook: before an agent's memory operation, maybe run program steps. */
+  point(op: MemOp, hpa: number): void {
+    if (this.inProgram) return; // a program's own operation: it already yielded before it
+    this.log.push(`hw:${OP_NAMES[op]}@0x${hpa.toString(16)}`);
+    for (;;) {
+      const ready = this.runnable();
+      if (ready.length === 0 || this.random() >= this.switchChance) return;
+      this.step(ready[Math.floor(this.random() * ready.length)]);
+    }
+  }
+
+  /** Run a synchronous agent (e.g. one hardware access) with the scheduler hooked into memory. */
+  run<T>(agent: () => T): T {
+    if (this.mem.preempt !== null && this.mem.preempt !== this) throw new Error('assertion: another preempt hook is installed');
+    this.mem.preempt = this;
+    try {
+      return agent();
+    } finally {
+      this.mem.preempt = null;
+    }
+  }
+
+  /** Run the programs to their ends, interleaved at random. */
+  finish(): void {
+    for (;;) {
+      const ready = this.runnable();
+      if (ready.length === 0) return;
+      this.step(ready[Math.floor(this.random() * ready.length)]);
+    }
+  }
+}
