@@ -15,15 +15,9 @@
  */
 import { describe, expect, it } from 'vitest';
 import { KindName, Setup, SetupOptions } from '../support/setup.js';
+import { CR0_WP, CR4_LA57, CR4_SMEP, CR4_SMAP, CR4_PKE, CR4_PKS, EFER_NXE, LA, LA_HEX, DATA, G_PML4E, G_PDPTE, G_PDE, G_PTE } from '../support/layout.js';
 
 // Architectural bits, written out so that the test does not trust the model's constants.
-const CR0_WP = 1 << 16;
-const CR4_LA57 = 1 << 12;
-const CR4_SMEP = 1 << 20;
-const CR4_SMAP = 1 << 21;
-const CR4_PKE = 1 << 22;
-const CR4_PKS = 1 << 24;
-const EFER_NXE = 1 << 11;
 
 const P = 1n;
 const W = 2n;
@@ -34,18 +28,11 @@ const XD = 1n << 63n;
 const pkey = (k: number): bigint => BigInt(k) << 59n;
 const bit = (b: number): bigint => 1n << BigInt(b);
 
-const LA = 0x0000_0080_4060_1123n;
-const LA_HEX = '0x8040601123';
 /** The same low 48 bits under 5-level paging, with PML5 index 511. */
 const LA5 = 0xffff_0080_4060_1123n;
 const LA5_HEX = '0xffff008040601123';
-const DATA = 0x80_0000;
 const DATA_1G = 0x4000_0000;
 
-const G_PML4E = 0x10_0008;
-const G_PDPTE = 0x10_1008;
-const G_PDE = 0x10_2018;
-const G_PTE = 0x10_3008;
 const G_ENTRY: Record<number, number> = { 4: G_PML4E, 3: G_PDPTE, 2: G_PDE, 1: G_PTE };
 
 /** EPT/NPT entries translating the data gPA 0x800000 (2M region 4). */

@@ -16,10 +16,8 @@
 import { describe, expect, it } from 'vitest';
 import { MemOp } from '../../src/hw/phys_mem.js';
 import { Setup, SetupOptions } from '../support/setup.js';
+import { CR0_WP, CR4_SMAP, CR4_PKE, LA, LA_HEX, DATA, G_PML4E, G_PDPTE, G_PDE, G_PTE } from '../support/layout.js';
 
-const CR0_WP = 1 << 16;
-const CR4_PKE = 1 << 22;
-const CR4_SMAP = 1 << 21;
 
 const P = 1n;
 const W = 2n;
@@ -29,14 +27,7 @@ const D = 0x40n;
 const PS = 0x80n;
 const XD = 1n << 63n;
 
-const LA = 0x0000_0080_4060_1123n;
-const LA_HEX = '0x8040601123';
-const DATA = 0x80_0000;
 
-const G_PML4E = 0x10_0008;
-const G_PDPTE = 0x10_1008;
-const G_PDE = 0x10_2018;
-const G_PTE = 0x10_3008;
 
 const S_PML4E = 0x1000_0000;
 const S_PDPTE = 0x1000_1000;

@@ -27,33 +27,17 @@ import { describe, expect, it } from 'vitest';
 import { AccessResult } from '../../src/hw/result.js';
 import { accessFields } from '../../src/trace/runner.js';
 import { KindName, Setup, SetupOptions } from '../support/setup.js';
+import { CR0_WP, CR4_SMEP, CR4_SMAP, CR4_PKE, EFER_NXE, LA, LA_PAGE, LA_HEX, DATA, G_PML4E, G_PDPTE, G_PDE, G_PTE, E_PML4E, E_PDPTE, E_PDE_DATA, E_PTE_DATA } from '../support/layout.js';
 
 // Architectural register bits (SDM vol. 3 ch. 2), written out so the test
 // does not trust the model's own constants.
-const CR0_WP = 1 << 16;
-const CR4_SMEP = 1 << 20;
-const CR4_SMAP = 1 << 21;
-const CR4_PKE = 1 << 22;
-const EFER_NXE = 1 << 11;
 
 /** LA with PML4 index 1, PDPT index 1, PD index 3, PT index 1, offset 0x123. */
-const LA = 0x0000_0080_4060_1123n;
-const LA_PAGE = LA & ~0xfffn;
-const LA_HEX = '0x8040601123';
 /** gPA of the data page (identity-mapped in EPT, so also its hPA). */
-const DATA = 0x80_0000;
 
 /** hPAs (= gPAs) of the guest entries that translate LA. */
-const G_PML4E = 0x10_0008;
-const G_PDPTE = 0x10_1008;
-const G_PDE = 0x10_2018;
-const G_PTE = 0x10_3008;
 
 /** hPAs of the EPT entries that translate the data page's gPA 0x800000. */
-const E_PML4E = 0x1000_0000;
-const E_PDPTE = 0x1000_1000;
-const E_PDE_DATA = 0x1000_2020; // PD index 4
-const E_PTE_DATA = 0x1000_7000; // PT of gPA 0x800000-0x9fffff, index 0
 
 /** Guest entries for LA before any access: P|W|U, A=D=0. */
 const G_FRESH = ['0x101007', '0x102007', '0x103007', '0x800007'];
