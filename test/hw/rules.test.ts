@@ -61,7 +61,6 @@ function andNot64(s: Setup, hpa: number, bits: bigint): void {
   s.write64(hpa, s.read64(hpa) & ~bits);
 }
 
-
 // ---------------------------------------------------------------- set-ups
 
 interface Env {

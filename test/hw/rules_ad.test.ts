@@ -18,7 +18,6 @@ import { MemOp } from '../../src/hw/phys_mem.js';
 import { Setup, SetupOptions } from '../support/setup.js';
 import { CR0_WP, CR4_SMAP, CR4_PKE, LA, LA_HEX, DATA, G_PML4E, G_PDPTE, G_PDE, G_PTE } from '../support/layout.js';
 
-
 const P = 1n;
 const W = 2n;
 const U = 4n;
@@ -26,8 +25,6 @@ const A = 0x20n;
 const D = 0x40n;
 const PS = 0x80n;
 const XD = 1n << 63n;
-
-
 
 const S_PML4E = 0x1000_0000;
 const S_PDPTE = 0x1000_1000;
@@ -45,7 +42,6 @@ const OK_2D = { result: 'ok', hpa: '0x800123', gpa: '0x800123' };
 function or64(s: Setup, hpa: number, bits: bigint): void {
   s.write64(hpa, s.read64(hpa) | bits);
 }
-
 
 function native(leaf: bigint = P | W | U, o: SetupOptions = {}, leafLevel: 1 | 2 | 3 = 1, frame = DATA): Setup {
   const s = new Setup('native', o);

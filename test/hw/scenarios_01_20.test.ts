@@ -29,16 +29,6 @@ import { accessFields } from '../../src/trace/runner.js';
 import { KindName, Setup, SetupOptions } from '../support/setup.js';
 import { CR0_WP, CR4_SMEP, CR4_SMAP, CR4_PKE, EFER_NXE, LA, LA_PAGE, LA_HEX, DATA, G_PML4E, G_PDPTE, G_PDE, G_PTE, E_PML4E, E_PDPTE, E_PDE_DATA, E_PTE_DATA } from '../support/layout.js';
 
-// Architectural register bits (SDM vol. 3 ch. 2), written out so the test
-// does not trust the model's own constants.
-
-/** LA with PML4 index 1, PDPT index 1, PD index 3, PT index 1, offset 0x123. */
-/** gPA of the data page (identity-mapped in EPT, so also its hPA). */
-
-/** hPAs (= gPAs) of the guest entries that translate LA. */
-
-/** hPAs of the EPT entries that translate the data page's gPA 0x800000. */
-
 /** Guest entries for LA before any access: P|W|U, A=D=0. */
 const G_FRESH = ['0x101007', '0x102007', '0x103007', '0x800007'];
 /** After a successful read: A at every level, D nowhere. */
@@ -81,7 +71,6 @@ function set64(s: Setup, hpa: number, v: bigint): void {
 // ---------------------------------------------------------------- snapshots
 
 /** Guest tables (0x100000, 32 pages) and EPT tables (0x10000000, 32 pages). */
-
 
 /** Every table qword that changed since `before`: hPA -> new value. */
 

@@ -38,21 +38,15 @@ import { accessFields } from '../../src/trace/runner.js';
 import { KindName, Setup, SetupOptions } from '../support/setup.js';
 import { CR4_PGE, CR4_PCIDE, EFER_NXE, LA, LA_PAGE, LA_HEX, DATA, G_PML4E, G_PDPTE, G_PDE, G_PTE, E_PML4E, E_PDPTE, E_PDE_DATA, E_PTE_DATA } from '../support/layout.js';
 
-// Architectural register bits (SDM vol. 3 ch. 2), written out so the test
-// does not trust the model's own constants.
 /** Bit 63 of a MOV-to-CR3 source, as the high 32-bit half. */
 const CR3_NOFLUSH_HI = 1 << 31;
 
-/** LA with PML4 index 1, PDPT index 1, PD index 3, PT index 1, offset 0x123. */
+/** LA (support/layout.ts) as 32-bit halves. */
 const LA_HI = 0x80;
 const LA_LO = 0x4060_1123;
-/** gPA of the data page (identity-mapped in EPT/NPT, so also its hPA). */
 /** A second data page, for "the PTE changed" scenarios. */
 const DATA2 = 0x90_0000;
 
-/** hPAs (= gPAs) of the guest entries that translate LA. */
-
-/** hPAs of the EPT/NPT entries that translate the data page's gPA 0x800000. */
 /** EPT/NPT PDE for gPA 0-2M (maps the guest table pages) and the PTEs of the four guest table pages. */
 const E_PDE_PT = 0x1000_2000;
 const E_PTE_PML4 = 0x1000_3800; // gPA 0x100000
@@ -103,7 +97,6 @@ function guest(s: Setup): string[] {
 // ---------------------------------------------------------------- snapshots
 
 /** Guest tables (0x100000, 32 pages) and EPT/NPT tables (0x10000000, 32 pages). */
-
 
 /** Every table qword that changed since `before`: hPA -> new value. */
 
