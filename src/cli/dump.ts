@@ -16,6 +16,7 @@ import { UsageError } from './load.js';
 import {
   columns, hex16n, isLeaf, isPae, levelName, MODE_NAMES, pageBytes, pageSizeName, paePdpteFlags, runForInspection, type InspectOptions,
 } from './walk.js';
+import { join64 } from '../hw/halves.js';
 
 export const TABLES = ['guest', 'ept', 'npt'] as const;
 export type TableName = (typeof TABLES)[number];
@@ -84,7 +85,7 @@ class Dumper {
   load(hpa: bigint): { lo: number; hi: number; v: bigint } {
     const mem = this.m.mem;
     mem.load64(Number(hpa));
-    return { lo: mem.lo, hi: mem.hi, v: (BigInt(mem.hi >>> 0) << 32n) | BigInt(mem.lo >>> 0) };
+    return { lo: mem.lo, hi: mem.hi, v: join64(mem.lo, mem.hi) };
   }
 
   /** Address bits [M-1:shift] of an entry. */
@@ -131,7 +132,7 @@ class Dumper {
     pdptes.forEach(([lo, hi], index) => {
       if ((lo & 1) === 0) return;
       this.count++;
-      const v = (BigInt(hi >>> 0) << 32n) | BigInt(lo >>> 0);
+      const v = join64(lo, hi);
       const start = BigInt(index) << 30n;
       const entry: DumpEntry = { level: 3, index, start, end: start + (1n << 30n) - 1n, value: v, leaf: false, children: [], flags: paePdpteFlags(lo) };
       if (mmu.paePdpteReserved(lo, hi)) entry.problem = 'reserved bits set';

@@ -27,6 +27,7 @@ import { RT_E_SHIFT } from '../hw/rights.js';
 import { CR4_PAE, EFER_LMA } from '../hw/regs.js';
 import { Dim, Mode, type WalkRecorder } from '../hw/walk.js';
 import { loadTrace, parseOptionNumber, UsageError } from './load.js';
+import { lo32, hi32 } from '../hw/halves.js';
 
 export const MODE_NAMES = ['native', 'ept', 'npt'] as const;
 export const DIM_NAMES = ['guest', 'ept', 'npt'] as const;
@@ -268,8 +269,8 @@ export function probeWalk(m: Machine, vcpu: number, gva: bigint, kind: AccessKin
   const regs = m.vcpu(vcpu).regs;
   const pae = isPae(m, vcpu);
   const rec = new Recorder(regs.nxe, m.cfg.mode !== Mode.Native, pae);
-  const hi = Number((gva >> 32n) & 0xffffffffn) | 0;
-  const lo = Number(gva & 0xffffffffn) | 0;
+  const hi = hi32(gva);
+  const lo = lo32(gva);
   const result = new AccessResult();
   const cpl = user ? 3 : regs.cpl;
   result.copyFrom(m.probe(vcpu, hi, lo, kind, false, rec, cpl));
@@ -327,8 +328,8 @@ export function outcomeFields(p: WalkProbe): Record<string, string | number | st
 /** The walk as one JSON-ready object (--json). */
 export function walkJson(p: WalkProbe, file: string, at: number | null): Record<string, unknown> {
   const twoDim = p.mode !== Mode.Native;
-  const hi = Number(p.gva >> 32n) | 0;
-  const lo = Number(p.gva & 0xffffffffn) | 0;
+  const hi = hi32(p.gva);
+  const lo = lo32(p.gva);
   return {
     file,
     at,
@@ -385,7 +386,7 @@ export function outcomeLines(p: WalkProbe): string[] {
     case Outcome.Pf:
       return [`outcome: #PF  error code ${hexNum(r.errorCode)} [${pfErrorNames(r.errorCode).join(' ')}]  CR2 ${la}`, ...indentBits(bitByBit(r.errorCode, PF_BITS))];
     case Outcome.Gp:
-      return [`outcome: #GP(0)  ${hexPair(Number(p.gva >> 32n) | 0, Number(p.gva & 0xffffffffn) | 0)} is not canonical`];
+      return [`outcome: #GP(0)  ${hexPair(hi32(p.gva), lo32(p.gva))} is not canonical`];
     case Outcome.EptViolation:
       return [
         `outcome: EPT violation (exit reason 48)  qualification ${hexNum(r.qualification)} [${eptQualNames(r.qualification).join(' ')}]  gpa ${hexNum(r.gpa)}${r.glaValid ? `  gla ${la}` : ''}`,
@@ -417,7 +418,7 @@ function contextLine(m: Machine, vcpu: number): string {
 /** The walk as text: a header, the numbered references with their write-backs, the outcome. */
 export function walkText(m: Machine, p: WalkProbe, file: string, at: number | null): string[] {
   const twoDim = p.mode !== Mode.Native;
-  const gva = hexPair(Number(p.gva >> 32n) | 0, Number(p.gva & 0xffffffffn) | 0);
+  const gva = hexPair(hi32(p.gva), lo32(p.gva));
   const out = [
     `walk: vcpu${p.vcpu} ${KIND_NAMES[p.kind]} ${gva} at CPL ${p.cpl}, ${file} ${at === null ? 'run to the end' : `run to line ${at}`} (probe: nothing written, TLB untouched)`,
     contextLine(m, p.vcpu),

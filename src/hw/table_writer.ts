@@ -8,6 +8,7 @@
  * in host memory (identity unless the caller maps guest memory elsewhere).
  */
 import { PhysMem } from './phys_mem.js';
+import { lo32, hi32, join64 } from './halves.js';
 
 export const X86_P = 1n;
 export const X86_W = 2n;
@@ -64,11 +65,11 @@ export class TableWriter {
 
   read(pa: number): bigint {
     this.mem.load64(this.toHpa(pa));
-    return (BigInt(this.mem.hi >>> 0) << 32n) | BigInt(this.mem.lo >>> 0);
+    return join64(this.mem.lo, this.mem.hi);
   }
 
   write(pa: number, v: bigint): void {
-    this.mem.store64(this.toHpa(pa), Number(v & 0xffffffffn) | 0, Number((v >> 32n) & 0xffffffffn) | 0);
+    this.mem.store64(this.toHpa(pa), lo32(v), hi32(v));
   }
 
   /** Address of the level-`level` entry for `va`, following existing tables; undefined if a table is missing. */

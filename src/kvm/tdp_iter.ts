@@ -23,6 +23,7 @@ import type { PhysMem } from '../hw/phys_mem.js';
 import {
   PG_LEVEL_4K, PT64_ROOT_MAX_LEVEL, SPTE_ENT_PER_PAGE, isLastSpte, isShadowPresentPte, spteNeedsAtomicWrite, spteToPfn, type SpteFlavour,
 } from './spte.js';
+import { lo32, hi32, join64 } from '../hw/halves.js';
 
 const PAGE_SIZE = 4096;
 const TWO_32 = 2 ** 32;
@@ -64,7 +65,7 @@ export function spteIndexOfGfn(gfn: number, level: number): number {
 /** Reads one SPTE through PhysMem as a bigint; mirrors kvm_tdp_mmu_read_spte. */
 export function readSpte(mem: PhysMem, sptep: number): bigint {
   mem.load64(sptep);
-  return (BigInt(mem.hi >>> 0) << 32n) | BigInt(mem.lo >>> 0);
+  return join64(mem.lo, mem.hi);
 }
 
 /**
@@ -260,16 +261,6 @@ export function iterAtPresentLeaf(it: TdpIter): boolean {
 // scheduler (src/hw/sched.ts): it yields right before its memory operation,
 // so a test can let a hardware walk run between KVM's read and its write.
 
-function lo32(v: bigint): number {
-  return Number(v & 0xffffffffn) | 0;
-}
-function hi32(v: bigint): number {
-  return Number((v >> 32n) & 0xffffffffn) | 0;
-}
-function fromHalves(lo: number, hi: number): bigint {
-  return (BigInt(hi >>> 0) << 32n) | BigInt(lo >>> 0);
-}
-
 /** Mirrors __kvm_tdp_mmu_write_spte: a plain store (WRITE_ONCE); bits set meanwhile by others are overwritten. */
 export function* writeSptePlain(mem: PhysMem, sptep: number, newSpte: bigint): Generator<void, void, undefined> {
   yield;
@@ -280,7 +271,7 @@ export function* writeSptePlain(mem: PhysMem, sptep: number, newSpte: bigint): G
 export function* writeSpteAtomic(mem: PhysMem, sptep: number, newSpte: bigint): Generator<void, bigint, undefined> {
   yield;
   mem.xchg64(sptep, lo32(newSpte), hi32(newSpte));
-  return fromHalves(mem.lo, mem.hi);
+  return join64(mem.lo, mem.hi);
 }
 
 /**
@@ -307,7 +298,7 @@ export function* tdpMmuClearSpteBits(
   if (tdpMmuSpteNeedAtomicUpdate(f, oldSpte, level)) {
     yield;
     mem.and64(sptep, lo32(~mask), hi32(~mask));
-    return fromHalves(mem.lo, mem.hi);
+    return join64(mem.lo, mem.hi);
   }
   yield* writeSptePlain(mem, sptep, oldSpte & ~mask);
   return oldSpte;

@@ -6,6 +6,7 @@ import { probeWalk, walkCommand, type WalkOptions } from '../../src/cli/walk.js'
 import type { Machine } from '../../src/hw/machine.js';
 import { CR4_SMEP } from '../../src/hw/regs.js';
 import { AccessKind, Outcome } from '../../src/hw/result.js';
+import { hexPair } from '../../src/trace/hex.js';
 import { Runner } from '../../src/trace/runner.js';
 import { argLong } from '../../src/trace/steps.js';
 
@@ -327,9 +328,7 @@ interface Snapshot {
 
 function peek(m: Machine, hpa: number): string {
   m.mem.load64(hpa);
-  const hi = m.mem.hi >>> 0;
-  const lo = m.mem.lo >>> 0;
-  return '0x' + ((BigInt(hi) << 32n) | BigInt(lo)).toString(16);
+  return hexPair(m.mem.hi, m.mem.lo);
 }
 
 /** The frames the trace's pokes created: with frameCount equal to their number, every frame that exists. */
@@ -395,7 +394,7 @@ describe('the probe has no side effects', () => {
     expect(after.entries).not.toEqual(before.entries);
     expect(after.caches).not.toEqual(before.caches);
     expect(fills(m)).toBeGreaterThan(0);
-    for (const w of p.writes) expect(peek(m, w.entryHpa)).toBe('0x' + ((BigInt(w.newHi >>> 0) << 32n) | BigInt(w.newLo >>> 0)).toString(16));
+    for (const w of p.writes) expect(peek(m, w.entryHpa)).toBe(hexPair(w.newHi, w.newLo));
   });
 
   it('a probe that faults on a cached address leaves the TLB entry the real fault would drop', () => {

@@ -22,6 +22,7 @@ import { CR0_PE, CR0_PG, CR0_WP, CR4_PAE, CR4_PCIDE, CR4_PGE, CR4_SMAP, CR4_SMEP
 import { AccessResult, Outcome } from '../../src/hw/result.js';
 import { EPT_R, EPT_RWX, EPT_WB, X86_A, X86_D, X86_G, X86_P, X86_PWU, X86_U, X86_W } from '../../src/hw/table_writer.js';
 import { KindName, Setup, SetupOptions } from '../support/setup.js';
+import { lo32, hi32 } from '../../src/hw/halves.js';
 
 const A = 0x40_1000n;
 const C = 0x40_2000n;
@@ -30,8 +31,6 @@ const GL = 0x100_8000_5000n;
 /** Non-canonical in 4-level and in 5-level paging (bit 63 = 0, bit 56 = 1). */
 const NONCANON = 0x0100_0000_0040_1000n;
 
-const hi32 = (x: bigint): number => Number((x >> 32n) & 0xffffffffn) | 0;
-const lo32 = (x: bigint): number => Number(x & 0xffffffffn) | 0;
 const ADDR = 0x000f_ffff_ffff_f000n;
 
 type Mode = 'native' | 'ept' | 'npt';

@@ -15,12 +15,11 @@ import type { TagCache } from '../../src/hw/tag_cache.js';
 import { Dim, WalkRecorder } from '../../src/hw/walk.js';
 import { accessFields } from '../../src/trace/runner.js';
 import { GUEST_TABLES, SECOND_TABLES, Setup } from '../support/setup.js';
+import { hi32, join64, lo32 } from '../../src/hw/halves.js';
 
 type ModeName = 'native' | 'ept' | 'npt';
 const MODES: readonly ModeName[] = ['native', 'ept', 'npt'];
 
-const hi32 = (x: bigint): number => Number((x >> 32n) & 0xffffffffn) | 0;
-const lo32 = (x: bigint): number => Number(x & 0xffffffffn) | 0;
 const KINDS = [AccessKind.Read, AccessKind.Write, AccessKind.Fetch] as const;
 
 // ------------------------------------------------------------------ scenarios
@@ -272,7 +271,7 @@ function tableDiff(b: Built, x: Int32Array, y: Int32Array): string[] {
   for (let w = 0; w < x.length / 2; w++) {
     if (x[2 * w] !== y[2 * w] || x[2 * w + 1] !== y[2 * w + 1]) {
       const hpa = w < guestWords ? GUEST_TABLES + 8 * w : SECOND_TABLES + 8 * (w - guestWords);
-      const hex = (a: Int32Array): string => ((BigInt(a[2 * w + 1] >>> 0) << 32n) | BigInt(a[2 * w] >>> 0)).toString(16);
+      const hex = (a: Int32Array): string => join64(a[2 * w], a[2 * w + 1]).toString(16);
       out.push(`entry at hpa 0x${hpa.toString(16)}: 0x${hex(x)} vs 0x${hex(y)}`);
     }
   }

@@ -19,6 +19,7 @@ import {
   tdpIterStepUp,
   tryStepDown,
 } from '../../src/kvm/tdp_iter.js';
+import { lo32, hi32 } from '../../src/hw/halves.js';
 
 const G1 = 512 * 512; // gfns per 1G entry
 const M2 = 512; // gfns per 2M entry
@@ -29,7 +30,7 @@ const PD = 0x12000; // level 2
 const PT = 0x13000; // level 1
 
 function store(mem: PhysMem, hpa: number, v: bigint): void {
-  mem.store64(hpa, Number(v & 0xffffffffn) | 0, Number(v >> 32n) | 0);
+  mem.store64(hpa, lo32(v), hi32(v));
 }
 
 function leaf(level: number, pfn: bigint): bigint {

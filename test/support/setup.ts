@@ -12,6 +12,7 @@ import { AccessKind, AccessResult } from '../../src/hw/result.js';
 import { EPT_RWX, EPT_WB, TableWriter, X86_PWU } from '../../src/hw/table_writer.js';
 import { Mode } from '../../src/hw/walk.js';
 import { accessFields } from '../../src/trace/runner.js';
+import { lo32, hi32, join64 } from '../../src/hw/halves.js';
 
 export const GUEST_TABLES = 0x10_0000;
 export const SECOND_TABLES = 0x1000_0000;
@@ -98,16 +99,16 @@ export class Setup {
 
   read64(hpa: number): bigint {
     this.m.mem.load64(hpa);
-    return (BigInt(this.m.mem.hi >>> 0) << 32n) | BigInt(this.m.mem.lo >>> 0);
+    return join64(this.m.mem.lo, this.m.mem.hi);
   }
   write64(hpa: number, v: bigint): void {
-    this.m.mem.store64(hpa, Number(v & 0xffffffffn) | 0, Number((v >> 32n) & 0xffffffffn) | 0);
+    this.m.mem.store64(hpa, lo32(v), hi32(v));
   }
 
   /** One access; returns the raw result (reused object: read it before the next access). */
   raw(gva: bigint, kind: KindName, o: { size?: number; implicit?: boolean; vcpu?: number } = {}): AccessResult {
-    const hi = Number((gva >> 32n) & 0xffffffffn) | 0;
-    const lo = Number(gva & 0xffffffffn) | 0;
+    const hi = hi32(gva);
+    const lo = lo32(gva);
     return this.m.access(o.vcpu ?? 0, hi, lo, KIND[kind], o.size ?? 1, o.implicit ?? false);
   }
 
