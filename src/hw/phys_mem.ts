@@ -38,6 +38,12 @@ export class PhysMem {
   hi = 0;
   /** Set by a scheduler; null costs one branch per operation. */
   preempt: PreemptHook | null = null;
+  /**
+   * True while a scheduler interleaves simulated CPUs. Software written as a
+   * program yields before a memory operation only then (`if (mem.yields) yield;`),
+   * so the same code runs at full speed when nothing interleaves it.
+   */
+  yields = false;
   /** Frames allocated so far. */
   frameCount = 0;
   readonly limit: number;

@@ -39,6 +39,7 @@ export class Scheduler implements PreemptHook {
     readonly switchChance = 0.5,
   ) {
     this.state = seed >>> 0 || 0x9e3779b9;
+    mem.yields = true;
   }
 
   /** xorshift32: deterministic across runs and platforms. */
@@ -92,12 +93,24 @@ export class Scheduler implements PreemptHook {
     }
   }
 
-  /** Run the programs to their ends, interleaved at random. */
+  /** Run the programs to their ends, interleaved at random; programs then stop yielding. */
   finish(): void {
     for (;;) {
       const ready = this.runnable();
-      if (ready.length === 0) return;
+      if (ready.length === 0) break;
       this.step(ready[Math.floor(this.random() * ready.length)]);
     }
+    this.mem.yields = false;
+  }
+}
+
+/**
+ * Run one program to its end on the calling CPU, as plain code. Outside a
+ * scheduler it does not yield, so this is one resumption.
+ */
+export function runProgram<T>(program: Generator<unknown, T, undefined>): T {
+  for (;;) {
+    const r = program.next();
+    if (r.done === true) return r.value;
   }
 }

@@ -263,13 +263,13 @@ export function iterAtPresentLeaf(it: TdpIter): boolean {
 
 /** Mirrors __kvm_tdp_mmu_write_spte: a plain store (WRITE_ONCE); bits set meanwhile by others are overwritten. */
 export function* writeSptePlain(mem: PhysMem, sptep: number, newSpte: bigint): Generator<void, void, undefined> {
-  yield;
+  if (mem.yields) yield;
   mem.store64(sptep, lo32(newSpte), hi32(newSpte));
 }
 
 /** Mirrors kvm_tdp_mmu_write_spte_atomic: an exchange, returning the value it replaced (with whatever others set). */
 export function* writeSpteAtomic(mem: PhysMem, sptep: number, newSpte: bigint): Generator<void, bigint, undefined> {
-  yield;
+  if (mem.yields) yield;
   mem.xchg64(sptep, lo32(newSpte), hi32(newSpte));
   return join64(mem.lo, mem.hi);
 }
@@ -296,7 +296,7 @@ export function* tdpMmuClearSpteBits(
   f: SpteFlavour, mem: PhysMem, sptep: number, oldSpte: bigint, mask: bigint, level: number,
 ): Generator<void, bigint, undefined> {
   if (tdpMmuSpteNeedAtomicUpdate(f, oldSpte, level)) {
-    yield;
+    if (mem.yields) yield;
     mem.and64(sptep, lo32(~mask), hi32(~mask));
     return join64(mem.lo, mem.hi);
   }
