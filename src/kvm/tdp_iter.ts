@@ -9,7 +9,9 @@
  *   becomes `pfn * 4096`.
  * - GFNs are numbers. Every GFN is below 2^40 (52-bit physical addresses), so
  *   doubles hold them exactly; helpers below avoid 32-bit bitwise operators.
- * - `oldSpte` is a bigint, the representation src/kvm/spte.ts predicates take.
+ * - The SPTE snapshot is kept as two 32-bit halves (`oldLo`, `oldHi`), so
+ *   walking allocates nothing; `oldSpte` gives it as the bigint that the
+ *   src/kvm/spte.ts predicates take.
  * - Every SPTE read goes through {@link PhysMem.load64}, so a scheduler's
  *   preempt hook sees (and may interleave at) each one, like READ_ONCE in
  *   kvm_tdp_mmu_read_spte.
@@ -95,20 +97,41 @@ export class TdpIter {
   minLevel = 0;
   level = 0;
   asId = 0;
-  /** Snapshot of the SPTE at sptep. */
-  oldSpte = 0n;
+  /** Snapshot of the SPTE at sptep, as signed 32-bit halves. */
+  oldLo = 0;
+  oldHi = 0;
   /** False once the walk has run off the end of the structure (or start refused the root). */
   valid = false;
   /** Set by a caller that dropped the lock; the next step restarts from the root. */
   yielded = false;
 
   constructor(readonly mem: PhysMem) {}
+
+  /** The snapshot as a bigint (iter->old_spte). */
+  get oldSpte(): bigint {
+    return join64(this.oldLo, this.oldHi);
+  }
+
+  set oldSpte(v: bigint) {
+    this.oldLo = lo32(v);
+    this.oldHi = hi32(v);
+  }
+
+  /** Takes the value a memory operation left in mem.lo/hi as the new snapshot. */
+  takeMem(): void {
+    this.oldLo = this.mem.lo;
+    this.oldHi = this.mem.hi;
+  }
 }
+
+/** KVM_PAGES_PER_HPAGE by level, so stepping needs no exponentiation. */
+const PAGES_PER_LEVEL = [0, 1, 512, 512 * 512, 512 ** 3, 512 ** 4];
 
 /** Recomputes sptep for gfn/level and re-reads the SPTE; mirrors tdp_iter_refresh_sptep. */
 function refreshSptep(it: TdpIter): void {
   it.sptep = it.ptPath[it.level - 1] + 8 * spteIndexOfGfn(or53(it.gfn, it.gfnBits), it.level);
-  it.oldSpte = readSpte(it.mem, it.sptep);
+  it.mem.load64(it.sptep);
+  it.takeMem();
 }
 
 /** Goes back to the root entry covering nextLastLevelGfn; mirrors tdp_iter_restart. */
@@ -149,9 +172,11 @@ export function tdpIterStart(it: TdpIter, root: TdpRoot | null, minLevel: number
  */
 export function tryStepDown(it: TdpIter): boolean {
   if (it.level === it.minLevel) return false;
-  it.oldSpte = readSpte(it.mem, it.sptep);
-  const child = spteToChildPt(it.oldSpte, it.level);
-  if (child === null) return false;
+  it.mem.load64(it.sptep);
+  it.takeMem();
+  // A child table exists when the SPTE is shadow-present (bit 11) and not a leaf (4K, or bit 7).
+  if ((it.oldLo & 0x800) === 0 || it.level === PG_LEVEL_4K || (it.oldLo & 0x80) !== 0) return false;
+  const child = (it.oldHi & 0xfffff) * 4294967296 + ((it.oldLo & ~0xfff) >>> 0);
   it.level--;
   it.ptPath[it.level - 1] = child;
   it.gfn = gfnRoundForLevel(it.nextLastLevelGfn, it.level);
@@ -165,11 +190,13 @@ export function tryStepDown(it: TdpIter): boolean {
  * entry's first GFN, which is where a restart would resume.
  */
 export function tryStepSide(it: TdpIter): boolean {
-  if (spteIndexOfGfn(or53(it.gfn, it.gfnBits), it.level) === SPTE_ENT_PER_PAGE - 1) return false;
-  it.gfn += pagesPerHpage(it.level);
+  // Tables are page aligned, so the last entry is the one at offset 0xff8.
+  if ((it.sptep & 0xff8) === 0xff8) return false;
+  it.gfn += PAGES_PER_LEVEL[it.level];
   it.nextLastLevelGfn = it.gfn;
   it.sptep += 8;
-  it.oldSpte = readSpte(it.mem, it.sptep);
+  it.mem.load64(it.sptep);
+  it.takeMem();
   return true;
 }
 
@@ -253,7 +280,7 @@ export function forEachTdpPteMinLevelAll(
  * current entry is shadow-present and a leaf (callers `continue` otherwise).
  */
 export function iterAtPresentLeaf(it: TdpIter): boolean {
-  return isShadowPresentPte(it.oldSpte) && isLastSpte(it.oldSpte, it.level);
+  return (it.oldLo & 0x800) !== 0 && (it.level === PG_LEVEL_4K || (it.oldLo & 0x80) !== 0);
 }
 
 // ---------------------------------------------------------------------------

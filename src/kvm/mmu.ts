@@ -1,0 +1,266 @@
+/**
+ * The vCPU side of a TDP fault (arch/x86/kvm/mmu/mmu.c and the exit
+ * handlers of vmx.c / svm.c, Linux 6.17): exit information to a page-fault
+ * error code, fast_page_fault, kvm_mmu_faultin_pfn with its
+ * mmu_invalidate_seq snapshot, huge-page adjustment, is_page_fault_stale and
+ * kvm_tdp_mmu_map under mmu_lock held for read.
+ */
+import { AccessResult, Outcome } from '../hw/result.js';
+import type { Program } from '../mm/mmu_notifier.js';
+import { KVM_MEM_READONLY, markPageDirtyInSlot, slotDirtyLogging, type KvmMemorySlot } from './memslots.js';
+import {
+  PG_LEVEL_1G, PG_LEVEL_4K, PT_WRITABLE_MASK, isAccessAllowed, isAccessTrackSpte, isLastSpte, isMmioSpte, isMmuWritableSpte,
+  isShadowPresentPte, isWritablePte, restoreAccTrackSpte, checkMmioSpte, FROZEN_SPTE,
+} from './spte.js';
+import { hi32, join64, lo32 } from '../hw/halves.js';
+import { TdpIter, pagesPerHpage } from './tdp_iter.js';
+import { PT_POISON, RetPf, type KvmPageFault } from './tdp_mmu.js';
+import type { Kvm, KvmVcpu } from './vm.js';
+
+export const PFERR_PRESENT_MASK = 1 << 0;
+export const PFERR_WRITE_MASK = 1 << 1;
+export const PFERR_USER_MASK = 1 << 2;
+export const PFERR_RSVD_MASK = 1 << 3;
+export const PFERR_FETCH_MASK = 1 << 4;
+/** Bits 32 and 33 of the 64-bit error code. */
+export const PFERR_GUEST_FINAL_MASK = 2 ** 32;
+export const PFERR_GUEST_PAGE_MASK = 2 ** 33;
+
+/** -EFAULT from the fault path: the gfn's host memory is gone; KVM_RUN fails. */
+export const EFAULT = -14;
+
+const EPT_VIOLATION_ACC_READ = 1 << 0;
+const EPT_VIOLATION_ACC_WRITE = 1 << 1;
+const EPT_VIOLATION_ACC_INSTR = 1 << 2;
+const EPT_VIOLATION_PROT_MASK = 7 << 3;
+const EPT_VIOLATION_GVA_IS_VALID = 1 << 7;
+const EPT_VIOLATION_GVA_TRANSLATED = 1 << 8;
+
+/** __vmx_handle_ept_violation: the exit qualification as a #PF-style error code. */
+export function eptViolationErrorCode(qual: number): number {
+  let ec = qual & EPT_VIOLATION_ACC_READ ? PFERR_USER_MASK : 0;
+  if (qual & EPT_VIOLATION_ACC_WRITE) ec |= PFERR_WRITE_MASK;
+  if (qual & EPT_VIOLATION_ACC_INSTR) ec |= PFERR_FETCH_MASK;
+  if (qual & EPT_VIOLATION_PROT_MASK) ec |= PFERR_PRESENT_MASK;
+  if (qual & EPT_VIOLATION_GVA_IS_VALID) ec += qual & EPT_VIOLATION_GVA_TRANSLATED ? PFERR_GUEST_FINAL_MASK : PFERR_GUEST_PAGE_MASK;
+  return ec;
+}
+
+/**
+ * Handles one EPT violation, EPT misconfiguration or NPF exit: the exit
+ * handler, then kvm_mmu_page_fault. Returns the RET_PF_* result, or EFAULT.
+ */
+export function* kvmMmuPageFault(kvm: Kvm, vcpu: KvmVcpu, exit: AccessResult): Program<RetPf | typeof EFAULT> {
+  let errorCode: number;
+  if (exit.outcome === Outcome.EptViolation) errorCode = eptViolationErrorCode(exit.qualification);
+  else if (exit.outcome === Outcome.EptMisconfig) errorCode = PFERR_RSVD_MASK;
+  else if (exit.outcome === Outcome.Npf) errorCode = exit.exitinfo1;
+  else throw new Error(`assertion: exit ${exit.outcome} is not a TDP fault`);
+  const gpa = exit.gpa;
+  kvm.stats.pageFaults++;
+  if (kvm.events.kvm_page_fault) kvm.events.emit('kvm_page_fault', { vcpu_id: vcpu.id, fault_address: gpa, error_code: errorCode });
+  const fault = newFault(kvm, gpa, errorCode);
+  let r: RetPf | typeof EFAULT;
+  if (fault.rsvd) {
+    r = yield* handleMmioPageFault(kvm, fault);
+    if (r === RetPf.Invalid) r = yield* kvmTdpMmuPageFault(kvm, vcpu, fault);
+  } else {
+    r = yield* kvmTdpMmuPageFault(kvm, vcpu, fault);
+  }
+  countResult(kvm, r);
+  return r;
+}
+
+function countResult(kvm: Kvm, r: RetPf | typeof EFAULT): void {
+  const s = kvm.stats;
+  if (r === RetPf.Fixed) s.pfFixed++;
+  else if (r === RetPf.Spurious) s.pfSpurious++;
+  else if (r === RetPf.Retry) s.pfRetry++;
+  else if (r === RetPf.Emulate) s.pfEmulate++;
+  else if (r === RetPf.WriteProtected) s.pfWriteProtected++;
+}
+
+/** kvm_mmu_do_page_fault's struct kvm_page_fault, with the slot looked up up front. */
+function newFault(kvm: Kvm, gpa: number, errorCode: number): KvmPageFault {
+  const gfn = Math.floor(gpa / 4096);
+  return {
+    addr: gpa,
+    gfn,
+    errorCode,
+    exec: (errorCode & PFERR_FETCH_MASK) !== 0,
+    write: (errorCode & PFERR_WRITE_MASK) !== 0,
+    present: (errorCode & PFERR_PRESENT_MASK) !== 0,
+    rsvd: (errorCode & PFERR_RSVD_MASK) !== 0,
+    prefetch: false,
+    slot: kvm.memslots.gfnToMemslot(gfn),
+    pfn: 0,
+    mapWritable: false,
+    maxLevel: PG_LEVEL_1G,
+    reqLevel: PG_LEVEL_4K,
+    goalLevel: PG_LEVEL_4K,
+    hugePageDisallowed: false,
+    mmuSeq: 0,
+  };
+}
+
+/**
+ * handle_mmio_page_fault: a reserved-bit fault must come from an MMIO SPTE.
+ * A current one is emulated; a stale generation falls back to the normal
+ * fault. Anything else means the CPU read an entry KVM never wrote: a freed
+ * (poisoned) table or a stale cached one, which the model reports loudly.
+ */
+function* handleMmioPageFault(kvm: Kvm, fault: KvmPageFault): Program<RetPf> {
+  const it = new TdpIter(kvm.mem);
+  const token = kvm.rcu.readLock();
+  const sptep = yield* kvm.tdpMmu.fastPfGetLastSptep(fault.gfn, it);
+  kvm.rcu.readUnlock(token);
+  const spte = it.oldSpte;
+  if (sptep >= 0 && isMmioSpte(kvm.flavour, spte)) {
+    if (!checkMmioSpte(spte, kvm.memslotsGeneration())) return RetPf.Invalid;
+    return RetPf.Emulate;
+  }
+  const poisoned = spte === PT_POISON ? ' (KVM reads poison there: the table was freed)' : '';
+  throw new Error(
+    `assertion: reserved-bit fault at gpa 0x${fault.addr.toString(16)} but KVM's SPTE is 0x${spte.toString(16)}${poisoned}: ` +
+      'the CPU walked a page table KVM freed or a translation it should have flushed',
+  );
+}
+
+/** kvm_tdp_mmu_page_fault: fast path, fault-in of the pfn, then the map under the read lock. */
+function* kvmTdpMmuPageFault(kvm: Kvm, vcpu: KvmVcpu, fault: KvmPageFault): Program<RetPf | typeof EFAULT> {
+  const r0 = yield* fastPageFault(kvm, vcpu, fault);
+  if (r0 !== RetPf.Invalid) return r0;
+  const r1 = yield* kvmMmuFaultinPfn(kvm, fault);
+  if (r1 !== RetPf.Continue) return r1;
+  let r = RetPf.Retry;
+  yield* kvm.mmuLock.readLock();
+  try {
+    if (!isPageFaultStale(kvm, fault)) r = yield* kvm.tdpMmu.map(fault);
+  } finally {
+    kvm.mmuLock.readUnlock();
+  }
+  return r;
+}
+
+/** is_page_fault_stale: an invalidation covering the gfn ran or is running since the snapshot. */
+export function isPageFaultStale(kvm: Kvm, fault: KvmPageFault): boolean {
+  return fault.slot !== null && kvm.invalidate.retryGfn(fault.mmuSeq, fault.gfn);
+}
+
+/** mmu_invalidate_retry_gfn_unsafe: the same test without mmu_lock; a hint, followed by the locked check. */
+function retryGfnUnsafe(kvm: Kvm, fault: KvmPageFault): boolean {
+  return kvm.invalidate.retryGfn(fault.mmuSeq, fault.gfn);
+}
+
+/**
+ * kvm_mmu_faultin_pfn: snapshot mmu_invalidate_seq, then resolve gfn -> hva
+ * -> pfn through the host mm (hva_to_pfn faults the host page in), checking
+ * for a racing invalidation before and after; then kvm_mmu_hugepage_adjust.
+ */
+function* kvmMmuFaultinPfn(kvm: Kvm, fault: KvmPageFault): Program<RetPf | typeof EFAULT> {
+  fault.mmuSeq = kvm.invalidate.seq;
+  if (kvm.mem.yields) yield; // smp_rmb: the snapshot comes before the pfn
+  const slot = fault.slot;
+  if (slot === null) {
+    // kvm_handle_noslot_fault: cache an MMIO SPTE when MMIO caching is on, else emulate right away.
+    if (!kvm.flavour.mmioCachingEnabled || fault.gfn >= kvm.maxGfn) return RetPf.Emulate;
+    return RetPf.Continue;
+  }
+  if (retryGfnUnsafe(kvm, fault)) return RetPf.Retry;
+  if ((slot.flags & KVM_MEM_READONLY) !== 0 && fault.write) return RetPf.Emulate; // KVM_PFN_ERR_RO_FAULT
+  const hva = slot.userspace_addr + (fault.gfn - slot.base_gfn) * 4096;
+  const got = kvm.mm.hvaToPfn(hva, fault.write);
+  if (!got.ok) return EFAULT;
+  fault.pfn = got.pfn;
+  fault.mapWritable = got.writable && (slot.flags & KVM_MEM_READONLY) === 0;
+  if (kvm.mem.yields) yield;
+  if (retryGfnUnsafe(kvm, fault)) return RetPf.Retry;
+  hugepageAdjust(kvm, fault, slot, hva);
+  return RetPf.Continue;
+}
+
+/**
+ * kvm_mmu_hugepage_adjust: map with the largest page that the memslot's
+ * alignment (lpage_info) and the host mapping both allow, unless the slot is
+ * dirty-logged.
+ */
+function hugepageAdjust(kvm: Kvm, fault: KvmPageFault, slot: KvmMemorySlot, hva: number): void {
+  fault.hugePageDisallowed = false; // the NX huge-page mitigation is off
+  if (fault.maxLevel === PG_LEVEL_4K || slotDirtyLogging(slot)) return;
+  const host = kvm.mm.hostMappingLevel(hva);
+  let level = Math.min(fault.maxLevel, host);
+  while (level > PG_LEVEL_4K && !lpageAllowed(slot, fault.gfn, level)) level--;
+  fault.reqLevel = level;
+  if (level === PG_LEVEL_4K) return;
+  fault.goalLevel = level;
+  const n = pagesPerHpage(level);
+  fault.pfn -= fault.pfn % n;
+}
+
+/** lpage_info: the huge page lies inside the slot and gfn and hva agree in alignment. */
+function lpageAllowed(slot: KvmMemorySlot, gfn: number, level: number): boolean {
+  const n = pagesPerHpage(level);
+  const base = gfn - (gfn % n);
+  if (base < slot.base_gfn || base + n > slot.base_gfn + slot.npages) return false;
+  return (slot.base_gfn - slot.userspace_addr / 4096) % n === 0;
+}
+
+/** page_fault_can_be_fast. */
+function pageFaultCanBeFast(kvm: Kvm, fault: KvmPageFault): boolean {
+  if (fault.rsvd) return false;
+  if (!fault.present) return !kvm.flavour.adEnabled; // could be an access-tracked SPTE
+  return fault.write; // a write-protection violation
+}
+
+/**
+ * fast_page_fault: fix an access-tracked or write-protected (but
+ * MMU-writable) leaf with one cmpxchg, without mmu_lock, retrying a lost
+ * cmpxchg at most four times.
+ */
+function* fastPageFault(kvm: Kvm, vcpu: KvmVcpu, fault: KvmPageFault): Program<RetPf> {
+  if (!pageFaultCanBeFast(kvm, fault)) return RetPf.Invalid;
+  const f = kvm.flavour;
+  const mem = kvm.mem;
+  const it = new TdpIter(mem);
+  let ret = RetPf.Invalid;
+  let retries = 0;
+  let spte = 0n;
+  let sptep = -1;
+  const token = kvm.rcu.readLock();
+  for (;;) {
+    sptep = yield* kvm.tdpMmu.fastPfGetLastSptep(fault.gfn, it);
+    spte = sptep < 0 ? FROZEN_SPTE : it.oldSpte;
+    if (!isShadowPresentPte(spte)) break;
+    if (!isLastSpte(spte, it.level)) break;
+    if (isAccessAllowed(f, fault, spte)) {
+      ret = RetPf.Spurious; // another vCPU fixed it, or a stale TLB entry faulted
+      break;
+    }
+    let neu = spte;
+    if (!f.adEnabled && isAccessTrackSpte(f, spte)) neu = restoreAccTrackSpte(f, neu) | f.accessedMask;
+    if (fault.write && isMmuWritableSpte(f, spte)) {
+      neu |= PT_WRITABLE_MASK;
+      // A huge SPTE in a dirty-logged slot must be split by the slow path, or only its first page is logged.
+      if (it.level > PG_LEVEL_4K && fault.slot !== null && slotDirtyLogging(fault.slot)) break;
+    }
+    if (neu === spte || !isAccessAllowed(f, fault, neu)) break;
+    // fast_pf_fix_direct_spte
+    if (mem.yields) yield;
+    if (mem.cmpxchg64(sptep, lo32(spte), hi32(spte), lo32(neu), hi32(neu))) {
+      if (isWritablePte(neu) && !isWritablePte(spte) && fault.slot !== null) markPageDirtyInSlot(fault.slot, fault.gfn);
+      ret = RetPf.Fixed;
+      break;
+    }
+    if (++retries > 4) break;
+  }
+  kvm.rcu.readUnlock(token);
+  if (kvm.events.fast_page_fault) {
+    mem.load64(Math.max(sptep, 0));
+    kvm.events.emit('fast_page_fault', {
+      vcpu_id: vcpu.id, cr2_or_gpa: fault.addr, error_code: fault.errorCode, sptep, old_spte: spte,
+      new_spte: sptep < 0 ? 0n : join64(mem.lo, mem.hi), ret,
+    });
+  }
+  if (ret !== RetPf.Invalid) kvm.stats.pfFast++;
+  return ret;
+}

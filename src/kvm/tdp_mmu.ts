@@ -1,0 +1,650 @@
+/**
+ * The TDP MMU of arch/x86/kvm/mmu/tdp_mmu.c (Linux 6.17; kvm-mmu.md section
+ * 4): setting SPTEs atomically and under the write lock, the bookkeeping of
+ * handle_changed_spte, fault-in (kvm_tdp_mmu_map), zapping for invalidation,
+ * lockless aging, write protection for dirty logging.
+ *
+ * Each algorithm is written step by step as the kernel has it, as a program
+ * for the seeded scheduler: `if (mem.yields) yield;` comes before each
+ * shared-memory operation (and before each iterator step, which reads one
+ * SPTE), so the races the kernel has, the model has. Outside a scheduler
+ * nothing yields and the code runs straight through.
+ */
+import type { PhysMem } from '../hw/phys_mem.js';
+import { hi32, join64, lo32 } from '../hw/halves.js';
+import type { PageAllocator } from '../mm/page_alloc.js';
+import type { KvmEvents } from './events.js';
+import type { MmuLock, Rcu } from './locks.js';
+import type { KvmGfnRange, KvmMemorySlot } from './memslots.js';
+import { markPageDirtyInSlot, slotDirtyLogging } from './memslots.js';
+import {
+  ACC_ALL, FROZEN_SPTE, PG_LEVEL_4K, PT_PAGE_SIZE_MASK, PT_WRITABLE_MASK, SHADOW_NONPRESENT_VALUE, SPTE_ENT_PER_PAGE,
+  checkSpteWritableInvariants, isAccessAllowed, isExecutablePte, isFrozenSpte, isLastSpte, isMmioSpte,
+  isShadowPresentPte, leafSpteChangeNeedsTlbFlush, makeMmioSpte, makeNonleafSpte, makeSpte, markSpteForAccessTrack,
+  spteToPfn, type SpteFlavour,
+} from './spte.js';
+import { TdpIter, iterAtPresentLeaf, kvmTdpMmuWriteSpte, pagesPerHpage, tdpIterNext, tdpIterStart } from './tdp_iter.js';
+
+/** Page-fault handler results (enum ret_pf, mmu_internal.h). */
+export const enum RetPf {
+  Continue = 0,
+  Retry = 1,
+  Emulate = 2,
+  WriteProtected = 3,
+  Invalid = 4,
+  Fixed = 5,
+  Spurious = 6,
+}
+
+export const RET_PF_NAMES = [
+  'RET_PF_CONTINUE', 'RET_PF_RETRY', 'RET_PF_EMULATE', 'RET_PF_WRITE_PROTECTED', 'RET_PF_INVALID', 'RET_PF_FIXED', 'RET_PF_SPURIOUS',
+] as const;
+
+export const EBUSY = 16;
+
+/** Written over a page-table page when RCU frees it, so a walk through a freed table is caught. */
+export const PT_POISON_LO = 0xdeadbeef | 0;
+export const PT_POISON_HI = 0xdeadbeef | 0;
+export const PT_POISON = join64(PT_POISON_LO, PT_POISON_HI);
+
+/** The parts of struct kvm_mmu_page a TDP MMU page-table page has. */
+export class KvmMmuPage {
+  /** Set for roots when they are invalidated (role.invalid). */
+  invalid = false;
+  nxHugePageDisallowed = false;
+  constructor(
+    /** Host physical address of the table (sp->spt). */
+    readonly hpa: number,
+    /** role.level */
+    readonly level: number,
+    /** First gfn the table maps (sp->gfn). */
+    readonly gfn: number,
+    /** Entry that links it (sp->ptep), or -1 for a root. */
+    readonly ptep: number,
+    readonly asId: number,
+  ) {}
+}
+
+/** struct kvm_page_fault, the fields the TDP MMU reads and writes. */
+export interface KvmPageFault {
+  addr: number;
+  gfn: number;
+  errorCode: number;
+  exec: boolean;
+  write: boolean;
+  present: boolean;
+  rsvd: boolean;
+  prefetch: boolean;
+  slot: KvmMemorySlot | null;
+  pfn: number;
+  mapWritable: boolean;
+  maxLevel: number;
+  reqLevel: number;
+  goalLevel: number;
+  hugePageDisallowed: boolean;
+  mmuSeq: number;
+}
+
+/** What the TDP MMU needs of the VM (struct kvm). */
+export interface TdpMmuVm {
+  readonly mem: PhysMem;
+  readonly flavour: SpteFlavour;
+  readonly mmuLock: MmuLock;
+  readonly rcu: Rcu;
+  readonly pages: PageAllocator;
+  readonly events: KvmEvents;
+  /** Root level: 4 or 5 (EPT walk length, NPT host paging mode). */
+  readonly rootLevel: number;
+  /** tdp_mmu_max_gfn_exclusive. */
+  readonly maxGfn: number;
+  /** The memslots generation cached in MMIO SPTEs. */
+  memslotsGeneration(): bigint;
+  /** kvm_flush_remote_tlbs; the range variant falls back to it on VMX/SVM without Hyper-V. */
+  flushRemoteTlbs(): void;
+}
+
+/** Counters of the TDP MMU (the kvm->stat fields it touches, and a few more for tests). */
+export class TdpMmuStats {
+  /** kvm->stat.pages[level - 1]: present leaf SPTEs by level (index = level). */
+  readonly pages = [0, 0, 0, 0, 0, 0];
+  /** Page-table pages allocated and freed (after their RCU grace period). */
+  ptAllocated = 0;
+  ptFreed = 0;
+  /** Successful and failed cmpxchg of __tdp_mmu_set_spte_atomic. */
+  cmpxchgFailed = 0;
+  /** SPTEs aged (A cleared or access-tracked) and aging cmpxchgs lost. */
+  aged = 0;
+  ageLost = 0;
+  /** Huge pages split (tdp_mmu_split_huge_page). */
+  splits = 0;
+}
+
+type Program<T> = Generator<unknown, T, undefined>;
+
+const FROZEN_LO = lo32(FROZEN_SPTE);
+const FROZEN_HI = hi32(FROZEN_SPTE);
+
+export class TdpMmu {
+  readonly roots: KvmMmuPage[] = [];
+  readonly stats = new TdpMmuStats();
+  /** Page-table pages by host physical address (spte_to_child_sp). */
+  private readonly sps = new Map<number, KvmMmuPage>();
+  private readonly accessedLo: number;
+  private readonly accessedHi: number;
+  /** Set when handle_changed_spte saw a transition it only warns about (non-present to non-present). */
+  warnings: string[] = [];
+
+  constructor(readonly vm: TdpMmuVm) {
+    this.accessedLo = lo32(vm.flavour.accessedMask);
+    this.accessedHi = hi32(vm.flavour.accessedMask);
+  }
+
+  /** The page-table page at a table address, or an assertion failure. */
+  sp(hpa: number): KvmMmuPage {
+    const sp = this.sps.get(hpa);
+    if (sp === undefined) throw new Error(`assertion: no TDP MMU page at 0x${hpa.toString(16)}`);
+    return sp;
+  }
+
+  /** Page-table pages currently linked or awaiting their grace period. */
+  get pageCount(): number {
+    return this.sps.size;
+  }
+
+  private allocSp(level: number, gfn: number, ptep: number, asId: number): KvmMmuPage {
+    const sp = new KvmMmuPage(this.vm.pages.allocPage(), level, gfn, ptep, asId);
+    this.sps.set(sp.hpa, sp);
+    this.stats.ptAllocated++;
+    if (this.vm.events.kvm_mmu_get_page) this.vm.events.emit('kvm_mmu_get_page', { gfn: sp.gfn, level, created: true });
+    return sp;
+  }
+
+  /** Freed after a grace period; the frame is poisoned before it goes back to the allocator. */
+  private freeSpRcu(sp: KvmMmuPage): void {
+    this.vm.rcu.callRcu(() => {
+      for (let i = 0; i < SPTE_ENT_PER_PAGE; i++) this.vm.mem.store64(sp.hpa + 8 * i, PT_POISON_LO, PT_POISON_HI);
+      this.sps.delete(sp.hpa);
+      this.vm.pages.freePage(sp.hpa);
+      this.stats.ptFreed++;
+    });
+  }
+
+  /** An unused page (lost a link race) goes straight back (tdp_mmu_free_sp). */
+  private freeSpNow(sp: KvmMmuPage): void {
+    this.sps.delete(sp.hpa);
+    this.vm.pages.freePage(sp.hpa);
+    this.stats.ptFreed++;
+  }
+
+  /** kvm_tdp_mmu_alloc_root: reuse the valid root of the address space, else make one. */
+  allocRoot(asId = 0): KvmMmuPage {
+    const found = this.roots.find((r) => r.asId === asId && !r.invalid);
+    if (found !== undefined) return found;
+    const root = this.allocSp(this.vm.rootLevel, 0, -1, asId);
+    this.roots.push(root);
+    return root;
+  }
+
+  // -------------------------------------------------------------------------
+  // Setting SPTEs (section 4.1)
+
+  /**
+   * __tdp_mmu_set_spte_atomic: one cmpxchg from it.oldSpte. On failure
+   * returns -EBUSY and it.oldSpte holds the value found.
+   */
+  *setSpteAtomicRaw(it: TdpIter, newLo: number, newHi: number): Program<number> {
+    if (it.oldLo === FROZEN_LO && it.oldHi === FROZEN_HI) throw new Error('assertion: atomic set of a FROZEN SPTE');
+    const mem = this.vm.mem;
+    if (mem.yields) yield;
+    const ok = mem.cmpxchg64(it.sptep, it.oldLo, it.oldHi, newLo, newHi);
+    if (!ok) {
+      it.takeMem();
+      this.stats.cmpxchgFailed++;
+      return -EBUSY;
+    }
+    return 0;
+  }
+
+  /** tdp_mmu_set_spte_atomic: mmu_lock held for read; bookkeeping only on success. */
+  *setSpteAtomic(it: TdpIter, newSpte: bigint): Program<number> {
+    this.vm.mmuLock.assertHeld('read');
+    const old = it.oldSpte;
+    const r = yield* this.setSpteAtomicRaw(it, lo32(newSpte), hi32(newSpte));
+    if (r !== 0) return r;
+    yield* this.handleChangedSpte(it.asId, it.gfn, old, newSpte, it.level, true);
+    return 0;
+  }
+
+  /**
+   * tdp_mmu_set_spte: mmu_lock held for write. Still an xchg when the old
+   * SPTE is a leaf whose bits others may set (kvm_tdp_mmu_write_spte).
+   * Returns the value replaced.
+   */
+  *setSpte(asId: number, sptep: number, oldSpte: bigint, newSpte: bigint, gfn: number, level: number): Program<bigint> {
+    this.vm.mmuLock.assertHeld('write');
+    if (isFrozenSpte(oldSpte) || isFrozenSpte(newSpte)) throw new Error('assertion: FROZEN_SPTE under the write lock');
+    const old = yield* kvmTdpMmuWriteSpte(this.vm.flavour, this.vm.mem, sptep, oldSpte, newSpte, level);
+    yield* this.handleChangedSpte(asId, gfn, old, newSpte, level, false);
+    return old;
+  }
+
+  /** tdp_mmu_iter_set_spte: the above with the iterator's fields; oldSpte becomes the value replaced. */
+  *iterSetSpte(it: TdpIter, newSpte: bigint): Program<void> {
+    it.oldSpte = yield* this.setSpte(it.asId, it.sptep, it.oldSpte, newSpte, it.gfn, it.level);
+  }
+
+  // -------------------------------------------------------------------------
+  // Bookkeeping (section 4.2)
+
+  /** handle_changed_spte: statistics, tracing, and tearing down disconnected tables. No TLB flush. */
+  *handleChangedSpte(asId: number, gfn: number, oldSpte: bigint, newSpte: bigint, level: number, shared: boolean): Program<void> {
+    const f = this.vm.flavour;
+    const wasPresent = isShadowPresentPte(oldSpte);
+    const isPresent = isShadowPresentPte(newSpte);
+    const wasLeaf = wasPresent && isLastSpte(oldSpte, level);
+    const isLeaf = isPresent && isLastSpte(newSpte, level);
+    const pfnChanged = spteToPfn(oldSpte) !== spteToPfn(newSpte);
+    if (level < PG_LEVEL_4K || level > 5) throw new Error(`assertion: SPTE level ${level}`);
+    if (gfn % pagesPerHpage(level) !== 0) throw new Error(`assertion: gfn 0x${gfn.toString(16)} not aligned to level ${level}`);
+    // PFNs only change by zapping and re-creating: a present leaf turning into another present leaf is a kernel BUG.
+    if (wasLeaf && isLeaf && pfnChanged) throw new Error(`assertion (BUG): leaf SPTE for gfn 0x${gfn.toString(16)} changed pfn without a zap`);
+    if (oldSpte === newSpte) return;
+    if (this.vm.events.kvm_tdp_mmu_spte_changed) this.vm.events.emit('kvm_tdp_mmu_spte_changed', { as_id: asId, gfn, level, old_spte: oldSpte, new_spte: newSpte });
+    if (isLeaf) {
+      const problem = checkSpteWritableInvariants(f, newSpte);
+      if (problem !== null) throw new Error(`assertion: ${problem}: 0x${newSpte.toString(16)}`);
+    }
+    if (!wasPresent && !isPresent) {
+      // Only MMIO SPTEs and freezing may go from non-present to non-present.
+      if (!isMmioSpte(f, oldSpte) && !isMmioSpte(f, newSpte) && !isFrozenSpte(newSpte)) {
+        this.warnings.push(`unexpected non-present to non-present change, gfn 0x${gfn.toString(16)} level ${level}: 0x${oldSpte.toString(16)} -> 0x${newSpte.toString(16)}`);
+      }
+      return;
+    }
+    if (isLeaf !== wasLeaf) this.stats.pages[level] += isLeaf ? 1 : -1;
+    if (wasPresent && !wasLeaf && (isLeaf || !isPresent || pfnChanged)) {
+      yield* this.handleRemovedPt(this.sp(Number(spteToPfn(oldSpte)) * 4096), shared);
+    }
+  }
+
+  /**
+   * handle_removed_pt: a table no longer linked. Every entry is frozen (in
+   * shared mode after waiting out any other freezer), its change handled
+   * (recursing into child tables), and the page freed after a grace period.
+   */
+  *handleRemovedPt(sp: KvmMmuPage, shared: boolean): Program<void> {
+    const mem = this.vm.mem;
+    const f = this.vm.flavour;
+    if (this.vm.events.kvm_mmu_prepare_zap_page) this.vm.events.emit('kvm_mmu_prepare_zap_page', { gfn: sp.gfn, level: sp.level });
+    const step = pagesPerHpage(sp.level);
+    for (let i = 0; i < SPTE_ENT_PER_PAGE; i++) {
+      const sptep = sp.hpa + 8 * i;
+      const gfn = sp.gfn + i * step;
+      let old: bigint;
+      if (shared) {
+        for (;;) {
+          if (mem.yields) yield;
+          mem.xchg64(sptep, FROZEN_LO, FROZEN_HI);
+          if (mem.lo !== FROZEN_LO || mem.hi !== FROZEN_HI) break;
+          if (!mem.yields) throw new Error('assertion: entry stays FROZEN and no other simulated CPU can unfreeze it');
+        }
+        old = join64(mem.lo, mem.hi);
+      } else {
+        if (mem.yields) yield;
+        mem.load64(sptep);
+        old = join64(mem.lo, mem.hi);
+        if (!isShadowPresentPte(old)) continue;
+        old = yield* kvmTdpMmuWriteSpte(f, mem, sptep, old, FROZEN_SPTE, sp.level);
+      }
+      yield* this.handleChangedSpte(sp.asId, gfn, old, FROZEN_SPTE, sp.level, shared);
+    }
+    this.freeSpRcu(sp);
+  }
+
+  // -------------------------------------------------------------------------
+  // Fault-in (section 4.3)
+
+  /**
+   * kvm_tdp_mmu_map: walk towards the gfn, linking (or splitting into) child
+   * tables with cmpxchg, and install the leaf at the goal level. mmu_lock is
+   * held for read; any lost race ends in RET_PF_RETRY.
+   */
+  *map(fault: KvmPageFault, asId = 0): Program<RetPf> {
+    const vm = this.vm;
+    const mem = vm.mem;
+    vm.mmuLock.assertHeld('read');
+    const root = this.allocRoot(asId);
+    if (vm.events.kvm_mmu_spte_requested) {
+      const low = fault.gfn % pagesPerHpage(fault.goalLevel);
+      vm.events.emit('kvm_mmu_spte_requested', { gfn: fault.gfn, pfn: fault.pfn + low, level: fault.goalLevel });
+    }
+    const token = vm.rcu.readLock();
+    try {
+      const it = new TdpIter(mem);
+      if (mem.yields) yield;
+      for (tdpIterStart(it, root, PG_LEVEL_4K, fault.gfn); it.valid && it.gfn < fault.gfn + 1; ) {
+        if (it.oldLo === FROZEN_LO && it.oldHi === FROZEN_HI) return RetPf.Retry;
+        if (it.level === fault.goalLevel) return yield* this.mapHandleTargetLevel(fault, it);
+        const present = (it.oldLo & 0x800) !== 0;
+        if (!present || (it.oldLo & 0x80) !== 0) {
+          // Non-present, or a huge page in the way: a child table replaces it.
+          const sp = this.allocSp(it.level - 1, it.gfn, it.sptep, asId);
+          sp.nxHugePageDisallowed = fault.hugePageDisallowed;
+          const r = present ? yield* this.splitHugePage(it, sp) : yield* this.linkSp(it, sp);
+          if (r !== 0) {
+            this.freeSpNow(sp);
+            return RetPf.Retry;
+          }
+        }
+        if (mem.yields) yield;
+        tdpIterNext(it);
+      }
+      return RetPf.Retry; // the walk ended above the goal level
+    } finally {
+      vm.rcu.readUnlock(token);
+    }
+  }
+
+  /** tdp_mmu_link_sp (shared): a non-leaf SPTE to the new table, by cmpxchg. */
+  private *linkSp(it: TdpIter, sp: KvmMmuPage): Program<number> {
+    const spte = makeNonleafSpte(this.vm.flavour, BigInt(sp.hpa), !this.vm.flavour.adEnabled);
+    return yield* this.setSpteAtomic(it, spte);
+  }
+
+  /**
+   * tdp_mmu_split_huge_page: fill the new table with the huge page's pieces
+   * (make_small_spte), then link it in place of the huge SPTE.
+   */
+  private *splitHugePage(it: TdpIter, sp: KvmMmuPage): Program<number> {
+    const huge = it.oldSpte;
+    const childLevel = it.level - 1;
+    const step = BigInt(pagesPerHpage(childLevel)) << 12n;
+    for (let i = 0; i < SPTE_ENT_PER_PAGE; i++) {
+      let child = huge + BigInt(i) * step;
+      if (childLevel === PG_LEVEL_4K) child &= ~PT_PAGE_SIZE_MASK;
+      // The new table is not reachable yet: plain stores, nobody can race them.
+      this.vm.mem.store64(sp.hpa + 8 * i, lo32(child), hi32(child));
+    }
+    const r = yield* this.linkSp(it, sp);
+    if (r !== 0) return r;
+    this.stats.pages[childLevel] += SPTE_ENT_PER_PAGE;
+    this.stats.splits++;
+    if (this.vm.events.kvm_mmu_split_huge_page) this.vm.events.emit('kvm_mmu_split_huge_page', { gfn: it.gfn, spte: huge, level: it.level, errno: 0 });
+    return 0;
+  }
+
+  /** tdp_mmu_map_handle_target_level: install the leaf (or MMIO SPTE) at the goal level. */
+  private *mapHandleTargetLevel(fault: KvmPageFault, it: TdpIter): Program<RetPf> {
+    const vm = this.vm;
+    const f = vm.flavour;
+    const old = it.oldSpte;
+    if (isShadowPresentPte(old) && (fault.prefetch || isAccessAllowed(f, fault, old)) && isLastSpte(old, it.level)) return RetPf.Spurious;
+    let newSpte: bigint;
+    let wrprot = false;
+    if (fault.slot === null) {
+      newSpte = makeMmioSpte(f, BigInt(it.gfn), ACC_ALL, vm.memslotsGeneration());
+    } else {
+      const made = makeSpte(f, { level: it.level, pfn: BigInt(fault.pfn), access: ACC_ALL, hostWritable: fault.mapWritable, prefetch: fault.prefetch, oldSpte: old });
+      newSpte = made.spte;
+      wrprot = made.wrprot;
+      // make_spte marks the gfn dirty when it creates a writable SPTE in a dirty-logged slot (6.13+).
+      if ((newSpte & PT_WRITABLE_MASK) !== 0n && slotDirtyLogging(fault.slot)) {
+        if (it.level > PG_LEVEL_4K) throw new Error('assertion: huge writable SPTE in a dirty-logged slot');
+        markPageDirtyInSlot(fault.slot, it.gfn);
+      }
+    }
+    if (newSpte === old) return RetPf.Spurious;
+    if ((yield* this.setSpteAtomic(it, newSpte)) !== 0) return RetPf.Retry;
+    if (isShadowPresentPte(old)) {
+      // A huge page replacing a table needs the old translations gone; a leaf change only if MMU-writable was lost.
+      if (!isLastSpte(old, it.level)) vm.flushRemoteTlbs();
+      else if (leafSpteChangeNeedsTlbFlush(f, old, newSpte)) {
+        this.warnings.push(`fault-in cleared MMU-writable of gfn 0x${it.gfn.toString(16)}`);
+        vm.flushRemoteTlbs();
+      }
+    }
+    if (wrprot && fault.write) return RetPf.WriteProtected;
+    if (fault.slot === null) {
+      if (vm.events.mark_mmio_spte) vm.events.emit('mark_mmio_spte', { sptep: it.sptep, gfn: it.gfn, access: ACC_ALL, gen: vm.memslotsGeneration() });
+      return RetPf.Emulate;
+    }
+    if (vm.events.kvm_mmu_set_spte) {
+      vm.events.emit('kvm_mmu_set_spte', {
+        gfn: it.gfn, spte: newSpte, sptep: it.sptep, level: it.level, r: (newSpte & 1n) !== 0n || f.presentMask !== 0n,
+        x: isExecutablePte(f, newSpte), u: f.userMask === 0n ? -1 : Number((newSpte & f.userMask) !== 0n),
+      });
+    }
+    return RetPf.Fixed;
+  }
+
+  /**
+   * kvm_tdp_mmu_fast_pf_get_last_sptep: the deepest SPTE on the way to gfn,
+   * read locklessly under RCU (the caller holds the read section).
+   */
+  *fastPfGetLastSptep(gfn: number, it: TdpIter, asId = 0): Program<number> {
+    const root = this.allocRoot(asId);
+    let sptep = -1;
+    let lo = 0;
+    let hi = 0;
+    let level = 0;
+    const mem = this.vm.mem;
+    if (mem.yields) yield;
+    for (tdpIterStart(it, root, PG_LEVEL_4K, gfn); it.valid && it.gfn < gfn + 1; ) {
+      sptep = it.sptep;
+      lo = it.oldLo;
+      hi = it.oldHi;
+      level = it.level;
+      if (mem.yields) yield;
+      tdpIterNext(it);
+    }
+    // Leave the deepest entry, its value and its level in the iterator, as the kernel returns them.
+    it.oldLo = lo;
+    it.oldHi = hi;
+    it.sptep = sptep;
+    it.level = level;
+    return sptep;
+  }
+
+  // -------------------------------------------------------------------------
+  // Zapping (section 4.4)
+
+  /** kvm_tdp_mmu_unmap_gfn_range: zap leaves of every root of the slot's address space, invalid ones too. */
+  *unmapGfnRange(range: KvmGfnRange, flush: boolean): Program<boolean> {
+    for (const root of this.roots) {
+      if (root.asId !== range.slot.as_id) continue;
+      flush = yield* this.zapLeafs(root, range.start, range.end, flush);
+    }
+    return flush;
+  }
+
+  /**
+   * tdp_mmu_zap_leafs: every present leaf in [start, end) becomes
+   * SHADOW_NONPRESENT_VALUE under the write lock. Tables stay; the caller
+   * flushes. (Yielding on contention is not modelled: nothing contends
+   * mmu_lock for long enough here to need it.)
+   */
+  *zapLeafs(root: KvmMmuPage, start: number, end: number, flush: boolean): Program<boolean> {
+    const vm = this.vm;
+    const mem = vm.mem;
+    vm.mmuLock.assertHeld('write');
+    end = Math.min(end, vm.maxGfn);
+    const token = vm.rcu.readLock();
+    const it = new TdpIter(mem);
+    if (mem.yields) yield;
+    for (tdpIterStart(it, root, PG_LEVEL_4K, start); it.valid && it.gfn < end; ) {
+      if (iterAtPresentLeaf(it)) {
+        yield* this.iterSetSpte(it, SHADOW_NONPRESENT_VALUE);
+        if (!root.invalid) flush = true;
+      }
+      if (mem.yields) yield;
+      tdpIterNext(it);
+    }
+    vm.rcu.readUnlock(token);
+    return flush;
+  }
+
+  /** kvm_tdp_mmu_zap_all: every root's entries become non-present, tables freed through RCU. No flush. */
+  *zapAll(): Program<void> {
+    const vm = this.vm;
+    vm.mmuLock.assertHeld('write');
+    const mem = vm.mem;
+    for (const root of this.roots) {
+      const token = vm.rcu.readLock();
+      const it = new TdpIter(mem);
+      if (mem.yields) yield;
+      for (tdpIterStart(it, root, root.level, 0); it.valid; ) {
+        if (isShadowPresentPte(it.oldSpte)) yield* this.iterSetSpte(it, SHADOW_NONPRESENT_VALUE);
+        if (mem.yields) yield;
+        tdpIterNext(it);
+      }
+      vm.rcu.readUnlock(token);
+    }
+  }
+
+  // -------------------------------------------------------------------------
+  // Aging (section 4.6): no mmu_lock, only RCU; no flush, no bookkeeping.
+
+  /**
+   * kvm_tdp_mmu_age_gfn_range (testOnly false) and kvm_tdp_mmu_test_age_gfn
+   * (testOnly true, which stops at the first young SPTE). Returns young.
+   */
+  *ageGfnRange(range: KvmGfnRange, testOnly: boolean): Program<boolean> {
+    const vm = this.vm;
+    const mem = vm.mem;
+    const accLo = this.accessedLo;
+    const accHi = this.accessedHi;
+    let young = false;
+    const token = vm.rcu.readLock();
+    try {
+      for (const root of this.roots) {
+        if (root.invalid || root.asId !== range.slot.as_id) continue;
+        const it = new TdpIter(mem);
+        if (mem.yields) yield;
+        for (tdpIterStart(it, root, PG_LEVEL_4K, range.start); it.valid && it.gfn < range.end; ) {
+          const lo = it.oldLo;
+          // A present leaf (bit 11; 4K or bit 7) with its accessed bit set.
+          if ((lo & 0x800) !== 0 && (it.level === PG_LEVEL_4K || (lo & 0x80) !== 0) && ((lo & accLo) | (it.oldHi & accHi)) !== 0) {
+            if (testOnly) return true;
+            young = true; // reported young even if the update below loses a race
+            yield* this.ageSpte(it);
+          }
+          if (mem.yields) yield;
+          tdpIterNext(it);
+        }
+      }
+      return young;
+    } finally {
+      vm.rcu.readUnlock(token);
+    }
+  }
+
+  /**
+   * kvm_tdp_mmu_age_spte: A/D enabled, an unconditional atomic clear of A;
+   * A/D disabled, one cmpxchg to the access-tracked value, given up if it fails.
+   */
+  private *ageSpte(it: TdpIter): Program<void> {
+    const vm = this.vm;
+    const mem = vm.mem;
+    if (((it.oldHi >>> 20) & 3) !== 1) {
+      if (mem.yields) yield;
+      mem.and64(it.sptep, ~this.accessedLo, ~this.accessedHi);
+      it.takeMem();
+      this.stats.aged++;
+      if (vm.events.kvm_tdp_mmu_spte_changed) {
+        const old = it.oldSpte;
+        vm.events.emit('kvm_tdp_mmu_spte_changed', { as_id: it.asId, gfn: it.gfn, level: it.level, old_spte: old, new_spte: old & ~vm.flavour.accessedMask });
+      }
+      return;
+    }
+    const old = it.oldSpte;
+    const neu = markSpteForAccessTrack(vm.flavour, old);
+    if ((yield* this.setSpteAtomicRaw(it, lo32(neu), hi32(neu))) !== 0) {
+      this.stats.ageLost++;
+      return;
+    }
+    this.stats.aged++;
+    if (vm.events.kvm_tdp_mmu_spte_changed) vm.events.emit('kvm_tdp_mmu_spte_changed', { as_id: it.asId, gfn: it.gfn, level: it.level, old_spte: old, new_spte: neu });
+  }
+
+  // -------------------------------------------------------------------------
+  // Dirty logging and write protection (section 4.7)
+
+  /**
+   * kvm_tdp_mmu_wrprot_slot: clear W (not MMU-writable) on writable leaves
+   * at or above minLevel, retrying a lost cmpxchg. mmu_lock held for read.
+   */
+  *wrprotSlot(slot: KvmMemorySlot, minLevel: number): Program<boolean> {
+    const vm = this.vm;
+    const mem = vm.mem;
+    vm.mmuLock.assertHeld('read');
+    let set = false;
+    const token = vm.rcu.readLock();
+    for (const root of this.roots) {
+      if (root.invalid || root.asId !== slot.as_id) continue;
+      const it = new TdpIter(mem);
+      const end = slot.base_gfn + slot.npages;
+      if (mem.yields) yield;
+      for (tdpIterStart(it, root, minLevel, slot.base_gfn); it.valid && it.gfn < end; ) {
+        for (;;) {
+          const old = it.oldSpte;
+          if (!isShadowPresentPte(old) || !isLastSpte(old, it.level) || (old & PT_WRITABLE_MASK) === 0n) break;
+          if ((yield* this.setSpteAtomic(it, old & ~PT_WRITABLE_MASK)) === 0) {
+            set = true;
+            break;
+          }
+        }
+        if (mem.yields) yield;
+        tdpIterNext(it);
+      }
+    }
+    vm.rcu.readUnlock(token);
+    return set;
+  }
+
+  /**
+   * kvm_tdp_mmu_write_protect_gfn: clear W and MMU-writable on the leaves
+   * mapping gfn at or above minLevel (shadow-page write tracking). mmu_lock
+   * held for write; the caller must flush when this returns true.
+   */
+  *writeProtectGfn(slot: KvmMemorySlot, gfn: number, minLevel: number): Program<boolean> {
+    const vm = this.vm;
+    const mem = vm.mem;
+    vm.mmuLock.assertHeld('write');
+    let set = false;
+    const mask = PT_WRITABLE_MASK | vm.flavour.mmuWritableMask;
+    const token = vm.rcu.readLock();
+    for (const root of this.roots) {
+      if (root.invalid || root.asId !== slot.as_id) continue;
+      const it = new TdpIter(mem);
+      if (mem.yields) yield;
+      for (tdpIterStart(it, root, minLevel, gfn); it.valid && it.gfn < gfn + 1; ) {
+        if (iterAtPresentLeaf(it)) {
+          const old = it.oldSpte;
+          const neu = old & ~mask;
+          if (neu === old) break;
+          yield* this.iterSetSpte(it, neu);
+          set = true;
+        }
+        if (mem.yields) yield;
+        tdpIterNext(it);
+      }
+    }
+    vm.rcu.readUnlock(token);
+    return set;
+  }
+
+  /** Reads the SPTE mapping gfn at `level` (or the deepest present one), for expectations and dumps. No yields: not part of any race. */
+  lookup(gfn: number, level?: number, asId = 0): { spte: bigint; level: number; sptep: number } | null {
+    const root = this.roots.find((r) => r.asId === asId && !r.invalid);
+    if (root === undefined) return null;
+    const it = new TdpIter(this.vm.mem);
+    let found: { spte: bigint; level: number; sptep: number } | null = null;
+    for (tdpIterStart(it, root, PG_LEVEL_4K, gfn); it.valid && it.gfn < gfn + 1; tdpIterNext(it)) {
+      if (level !== undefined ? it.level === level : isShadowPresentPte(it.oldSpte) || it.level === PG_LEVEL_4K) {
+        found = { spte: it.oldSpte, level: it.level, sptep: it.sptep };
+        if (level !== undefined || isLastSpte(it.oldSpte, it.level)) break;
+      }
+    }
+    return found;
+  }
+}

@@ -1,0 +1,221 @@
+/**
+ * A VM (struct kvm) and its vCPUs over the emulated machine. A guest access
+ * runs on the hardware; an EPT violation or NPF exits to KVM, which handles
+ * it (kvm_mmu_page_fault) and re-enters so the access retries, as in life.
+ * KVM sees hardware events only through exit information and memory.
+ */
+import { Machine } from '../hw/machine.js';
+import { AccessKind, AccessResult, Outcome } from '../hw/result.js';
+import { Mode } from '../hw/walk.js';
+import { MmStruct } from '../mm/mm.js';
+import { PageAllocator } from '../mm/page_alloc.js';
+import { KvmEvents } from './events.js';
+import { KvmMmuNotifier, MmuInvalidate } from './kvm_main.js';
+import { MmuLock, Rcu, Srcu } from './locks.js';
+import { KVM_MEM_LOG_DIRTY_PAGES, KvmMemslots } from './memslots.js';
+import { kvmMmuPageFault } from './mmu.js';
+import { EPT_AD, EPT_NOAD, NPT, type SpteFlavour } from './spte.js';
+import { RetPf, TdpMmu, type TdpMmuVm } from './tdp_mmu.js';
+
+export interface VmOptions {
+  tdp: 'ept' | 'npt';
+  /** EPT accessed/dirty flags (EPTP bit 6); NPT always has them. Default on. */
+  eptAd?: boolean;
+  /** EPT walk length 4 or 5. Default 4. */
+  eptLevels?: 4 | 5;
+  vcpus?: number;
+  /** Guest memory in bytes, one memslot at gpa 0 (default 64 MiB). 0 makes no slot. */
+  memory?: number;
+  /** Host page size backing guest memory (1 = 4K, 2 = 2M, 3 = 1G). */
+  hostLevel?: 1 | 2 | 3;
+  /** Guest TLBs and paging-structure caches. Default on. */
+  tlb?: boolean;
+  maxPhysAddr?: number;
+}
+
+/** Where the VMM maps guest memory; guest memory's hva is this plus the gpa. */
+export const GUEST_HVA_BASE = 0x7f00_0000_0000;
+/** The host frames handed out by the page allocator start here. */
+export const HOST_POOL_BASE = 0x100_0000;
+
+/** Per-VM counters (a subset of kvm->stat and vcpu->stat, plus the model's own). */
+export class KvmStats {
+  exits = 0;
+  /** EPT violations / NPFs handled. */
+  pageFaults = 0;
+  pfFixed = 0;
+  pfSpurious = 0;
+  pfRetry = 0;
+  pfEmulate = 0;
+  pfWriteProtected = 0;
+  /** pf_fast: fixed by fast_page_fault. */
+  pfFast = 0;
+  mmioExits = 0;
+  /** remote_tlb_flush */
+  flushes = 0;
+  /** Guest #PF delivered to the guest. */
+  guestPf = 0;
+}
+
+/** What a guest access ended in, as the trace sees it. */
+export interface GuestAccess {
+  readonly result: AccessResult;
+  /** KVM exits taken on the way (0 when the first try succeeded). */
+  exits: number;
+  /** Set when the access ended in an exit to userspace (MMIO, or a write to a read-only slot). */
+  userExit: 'mmio' | null;
+}
+
+export class KvmVcpu {
+  /** KVM_REQ_TLB_FLUSH, processed before the next entry. */
+  tlbFlushRequested = false;
+  constructor(readonly kvm: Kvm, readonly id: number) {}
+}
+
+export class Kvm implements TdpMmuVm {
+  readonly machine: Machine;
+  readonly flavour: SpteFlavour;
+  readonly mm: MmStruct;
+  readonly pages: PageAllocator;
+  readonly memslots: KvmMemslots;
+  readonly mmuLock;
+  readonly rcu = new Rcu();
+  readonly srcu = new Srcu();
+  readonly events = new KvmEvents();
+  readonly tdpMmu: TdpMmu;
+  readonly invalidate = new MmuInvalidate();
+  readonly notifier: KvmMmuNotifier;
+  readonly stats = new KvmStats();
+  readonly vcpus: KvmVcpu[] = [];
+  readonly rootLevel: number;
+  readonly maxGfn: number;
+  readonly opts: Required<Omit<VmOptions, 'maxPhysAddr'>>;
+
+  constructor(options: VmOptions) {
+    const opts = {
+      eptAd: true, eptLevels: 4 as 4 | 5, vcpus: 1, memory: 64 * 1024 * 1024, hostLevel: 1 as 1 | 2 | 3, tlb: true, ...options,
+    };
+    this.opts = opts;
+    const maxPhysAddr = options.maxPhysAddr ?? 46;
+    this.machine = new Machine({ mode: opts.tdp === 'ept' ? Mode.Ept : Mode.Npt, vcpus: opts.vcpus, maxPhysAddr, tlb: opts.tlb, psc: opts.tlb });
+    this.flavour = opts.tdp === 'npt' ? NPT : opts.eptAd ? EPT_AD : EPT_NOAD;
+    this.rootLevel = opts.tdp === 'npt' ? 4 : opts.eptLevels;
+    this.maxGfn = 2 ** (maxPhysAddr - 12);
+    this.pages = new PageAllocator(this.mem, HOST_POOL_BASE, 2 ** maxPhysAddr - HOST_POOL_BASE);
+    this.mm = new MmStruct(this.mem, this.pages);
+    this.mmuLock = new MmuLock(this.mem);
+    this.memslots = new KvmMemslots({ maxGpaBits: maxPhysAddr });
+    this.tdpMmu = new TdpMmu(this);
+    this.notifier = new KvmMmuNotifier(this);
+    this.mm.notifiers.register(this.notifier);
+    for (let i = 0; i < opts.vcpus; i++) this.vcpus.push(new KvmVcpu(this, i));
+    if (opts.memory > 0) this.addMemory(0, 0, opts.memory, 0);
+    this.loadRoots();
+  }
+
+  get mem() {
+    return this.machine.mem;
+  }
+
+  /** mmap guest memory in the VMM and register it as a memslot (KVM_SET_USER_MEMORY_REGION). */
+  addMemory(id: number, gpa: number, size: number, flags: number): void {
+    const hva = GUEST_HVA_BASE + gpa;
+    this.mm.mmap(hva, size, { level: this.opts.hostLevel });
+    this.memslots.setMemoryRegion({ slot: id, flags, guest_phys_addr: gpa, memory_size: size, userspace_addr: hva });
+  }
+
+  /** Turns dirty logging on for a slot and write-protects it (kvm_mmu_slot_apply_flags without PML). */
+  *enableDirtyLogging(id: number): Generator<unknown, void, undefined> {
+    const slot = this.memslots.idToMemslot(0, id);
+    if (slot === null) throw new RangeError(`no memslot ${id}`);
+    this.memslots.setMemoryRegion({ slot: id, flags: slot.flags | KVM_MEM_LOG_DIRTY_PAGES, guest_phys_addr: slot.base_gfn * 4096, memory_size: slot.npages * 4096, userspace_addr: slot.userspace_addr });
+    const neu = this.memslots.idToMemslot(0, id)!;
+    yield* this.mmuLock.readLock();
+    const set = yield* this.tdpMmu.wrprotSlot(neu, 1);
+    this.mmuLock.readUnlock();
+    // Writable translations cached before this would let writes go unlogged.
+    if (set) this.flushRemoteTlbs();
+  }
+
+  /** Point every vCPU at the TDP root (kvm_mmu_load: EPTP or nCR3). */
+  private loadRoots(): void {
+    const root = this.tdpMmu.allocRoot(0);
+    for (const v of this.vcpus) {
+      const regs = this.machine.vcpu(v.id).regs;
+      if (this.opts.tdp === 'ept') regs.eptp = root.hpa + ((this.rootLevel - 1) << 3) + 6 + (this.flavour.adEnabled ? 0x40 : 0);
+      else {
+        regs.ncr3 = root.hpa;
+        regs.asid = 1;
+      }
+    }
+  }
+
+  memslotsGeneration(): bigint {
+    return this.memslots.generation(0);
+  }
+
+  /**
+   * kvm_flush_remote_tlbs: every vCPU flushes before it next runs guest code.
+   * The kernel waits for the IPIs to be acknowledged, so the flush is done
+   * here and now on each vCPU's emulated TLB: INVEPT all-context on VMX,
+   * TLB_CONTROL flush-this-ASID on SVM.
+   */
+  flushRemoteTlbs(): void {
+    this.stats.flushes++;
+    for (const v of this.vcpus) this.flushVcpuTlb(v);
+  }
+
+  private flushVcpuTlb(v: KvmVcpu): void {
+    const regs = this.machine.vcpu(v.id).regs;
+    if (this.opts.tdp === 'ept') {
+      // KVM executes INVEPT in VMX root operation at CPL 0; the vCPU registers hold the guest's CPL.
+      const cpl = regs.cpl;
+      regs.cpl = 0;
+      const r = this.machine.invept(v.id, false, null);
+      regs.cpl = cpl;
+      if (r.outcome !== Outcome.Ok) throw new Error(`assertion: INVEPT failed (${r.outcome})`);
+    } else {
+      const r = this.machine.vmrun(v.id, 3);
+      if (r.outcome !== Outcome.Ok) throw new Error(`assertion: VMRUN TLB_CONTROL failed (${r.outcome})`);
+    }
+    v.tlbFlushRequested = false;
+  }
+
+  vcpu(id: number): KvmVcpu {
+    const v = this.vcpus[id];
+    if (v === undefined) throw new RangeError(`no vCPU ${id} (the VM has ${this.vcpus.length})`);
+    return v;
+  }
+
+  /**
+   * One guest access from a vCPU (vcpu_run with the access as the guest's
+   * next instruction): enter, and on an EPT violation or NPF let KVM handle
+   * the exit and re-enter, until the access completes, faults in the guest,
+   * or needs userspace.
+   */
+  *access(vcpuId: number, laHi: number, laLo: number, kind: AccessKind, size: number, out: GuestAccess): Generator<unknown, void, undefined> {
+    const v = this.vcpu(vcpuId);
+    out.exits = 0;
+    out.userExit = null;
+    for (let tries = 0; ; tries++) {
+      if (tries > 1000) throw new Error(`assertion: access at 0x${laLo.toString(16)} still exits after ${tries} entries (livelock)`);
+      if (v.tlbFlushRequested) this.flushVcpuTlb(v);
+      const r = this.machine.access(vcpuId, laHi, laLo, kind, size, false);
+      (out as { result: AccessResult }).result = r;
+      if (r.outcome === Outcome.Ok || r.outcome === Outcome.Gp) return;
+      if (r.outcome === Outcome.Pf) {
+        this.stats.guestPf++;
+        return;
+      }
+      out.exits++;
+      this.stats.exits++;
+      const ret = yield* kvmMmuPageFault(this, v, r);
+      if (ret === RetPf.Emulate || ret === RetPf.WriteProtected) {
+        this.stats.mmioExits++;
+        out.userExit = 'mmio';
+        return;
+      }
+      if (this.mem.yields) yield; // re-entering the guest is a point where others may run
+    }
+  }
+}

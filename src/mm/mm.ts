@@ -1,0 +1,155 @@
+/**
+ * The VMM's address space, as far as KVM needs it today: anonymous private
+ * VMAs whose pages are faulted in on first use (get_user_pages), and the mm
+ * operations that take pages away, which fire MMU-notifier invalidations in
+ * the kernel's order (start -> clear PTEs -> end; mm.md section 6).
+ *
+ * This is the minimal provider of issue 3; the full host mm (host page
+ * tables, folios, reclaim) grows behind the same methods.
+ */
+import type { PhysMem } from '../hw/phys_mem.js';
+import { MMU_NOTIFIER_RANGE_BLOCKABLE, MmuNotifierEvent, MmuNotifierSubscriptions, type Program } from './mmu_notifier.js';
+import { PageAllocator } from './page_alloc.js';
+
+export const PAGE_SIZE = 4096;
+const PMD_SIZE = 2 * 1024 * 1024;
+const PUD_SIZE = 1024 * 1024 * 1024;
+
+/** A host mapping's page size, as host_pfn_mapping_level reports it: 1 = 4K, 2 = 2M, 3 = 1G. */
+export type HostLevel = 1 | 2 | 3;
+
+export interface VmArea {
+  readonly start: number;
+  readonly end: number;
+  readonly writable: boolean;
+  /** Page size backing the area (hugetlbfs-style when above 4K). */
+  readonly level: HostLevel;
+}
+
+/** Result of hva_to_pfn: a frame and whether the host mapping lets it be written. */
+export type HvaToPfn = { ok: true; pfn: number; writable: boolean } | { ok: false; error: 'EFAULT' };
+
+/** A host page-table entry of the model: the frame and the primary MMU's young bit. */
+interface HostPte {
+  pfn: number;
+  young: boolean;
+}
+
+function levelBytes(level: HostLevel): number {
+  return level === 1 ? PAGE_SIZE : level === 2 ? PMD_SIZE : PUD_SIZE;
+}
+
+export class MmStruct {
+  readonly notifiers = new MmuNotifierSubscriptions();
+  private readonly vmas: VmArea[] = [];
+  /** Host mappings by hva page number. */
+  private readonly ptes = new Map<number, HostPte>();
+  /** Host page faults taken (first touches). */
+  faults = 0;
+
+  constructor(
+    readonly mem: PhysMem,
+    /** Frames for user memory and kernel allocations (page tables). */
+    readonly pages: PageAllocator,
+  ) {}
+
+  /** mmap(MAP_ANONYMOUS|MAP_PRIVATE) at a fixed, aligned address. */
+  mmap(start: number, length: number, opts: { writable?: boolean; level?: HostLevel } = {}): VmArea {
+    const level = opts.level ?? 1;
+    const align = levelBytes(level);
+    if (start % align !== 0 || length % align !== 0 || length <= 0) {
+      throw new RangeError(`mmap: 0x${start.toString(16)}+0x${length.toString(16)} is not aligned to the ${align / 1024}K page size`);
+    }
+    const end = start + length;
+    if (this.vmas.some((v) => v.start < end && start < v.end)) throw new RangeError(`mmap: 0x${start.toString(16)}..0x${end.toString(16)} overlaps a mapping`);
+    const vma: VmArea = { start, end, writable: opts.writable ?? true, level };
+    this.vmas.push(vma);
+    return vma;
+  }
+
+  findVma(hva: number): VmArea | null {
+    for (const v of this.vmas) if (hva >= v.start && hva < v.end) return v;
+    return null;
+  }
+
+  /**
+   * hva_to_pfn through get_user_pages: fault the page in if absent. A write
+   * to a read-only area fails; a read of it maps the page read-only.
+   */
+  hvaToPfn(hva: number, write: boolean): HvaToPfn {
+    const vma = this.findVma(hva);
+    if (vma === null || (write && !vma.writable)) return { ok: false, error: 'EFAULT' };
+    const page = Math.floor(hva / PAGE_SIZE);
+    let pte = this.ptes.get(page);
+    if (pte === undefined) pte = this.fault(vma, hva);
+    pte.young = true;
+    return { ok: true, pfn: pte.pfn, writable: vma.writable };
+  }
+
+  /** Level of the host mapping of hva (host_pfn_mapping_level); 4K when unmapped. */
+  hostMappingLevel(hva: number): HostLevel {
+    const vma = this.findVma(hva);
+    return vma === null || !this.ptes.has(Math.floor(hva / PAGE_SIZE)) ? 1 : vma.level;
+  }
+
+  /** Frame mapped at hva, or null; no fault. */
+  lookup(hva: number): number | null {
+    return this.ptes.get(Math.floor(hva / PAGE_SIZE))?.pfn ?? null;
+  }
+
+  private fault(vma: VmArea, hva: number): HostPte {
+    this.faults++;
+    const bytes = levelBytes(vma.level);
+    const base = Math.floor(hva / bytes) * bytes;
+    const first = this.pages.allocPages(vma.level === 1 ? 0 : vma.level === 2 ? 9 : 18) / PAGE_SIZE;
+    let mine: HostPte | undefined;
+    for (let i = 0; i < bytes / PAGE_SIZE; i++) {
+      const pte = { pfn: first + i, young: false };
+      this.ptes.set(base / PAGE_SIZE + i, pte);
+      if (base + i * PAGE_SIZE <= hva && hva < base + (i + 1) * PAGE_SIZE) mine = pte;
+    }
+    return mine!;
+  }
+
+  /** madvise(MADV_DONTNEED): drop the pages of [start, start+length); event CLEAR. */
+  *madviseDontneed(start: number, length: number): Program<void> {
+    yield* this.zapRange(start, start + length, MmuNotifierEvent.Clear);
+  }
+
+  /** munmap: drop the pages and the areas; event UNMAP. */
+  *munmap(start: number, length: number): Program<void> {
+    const end = start + length;
+    yield* this.zapRange(start, end, MmuNotifierEvent.Unmap);
+    for (let i = this.vmas.length - 1; i >= 0; i--) {
+      const v = this.vmas[i];
+      if (v.start >= start && v.end <= end) this.vmas.splice(i, 1);
+      else if (v.start < end && start < v.end) throw new RangeError('munmap: splitting an area is not modelled yet');
+    }
+  }
+
+  /** The order of every PTE-changing path: invalidate_range_start, clear PTEs, end; then free the pages. */
+  private *zapRange(start: number, end: number, event: MmuNotifierEvent): Program<void> {
+    if (start % PAGE_SIZE !== 0 || end % PAGE_SIZE !== 0 || end <= start) throw new RangeError(`zap: 0x${start.toString(16)}..0x${end.toString(16)} not page aligned`);
+    const range = { start, end, event, flags: MMU_NOTIFIER_RANGE_BLOCKABLE, owner: null };
+    yield* this.notifiers.invalidateRangeStart(range);
+    const freed: number[] = [];
+    for (let p = start / PAGE_SIZE; p < end / PAGE_SIZE; p++) {
+      const pte = this.ptes.get(p);
+      if (pte === undefined) continue;
+      this.ptes.delete(p);
+      freed.push(pte.pfn);
+    }
+    yield* this.notifiers.invalidateRangeEnd(range);
+    for (const pfn of freed) this.pages.freePage(pfn * PAGE_SIZE);
+  }
+
+  /** Test-and-clear the primary young bit and ask the secondary MMUs (ptep_clear_flush_young_notify). */
+  *clearFlushYoungNotify(hva: number): Program<boolean> {
+    const pte = this.ptes.get(Math.floor(hva / PAGE_SIZE));
+    let young = pte?.young ?? false;
+    if (pte !== undefined) pte.young = false;
+    const page = Math.floor(hva / PAGE_SIZE) * PAGE_SIZE;
+    if ((yield* this.notifiers.clearFlushYoung(page, page + PAGE_SIZE)) !== 0) young = true;
+    return young;
+  }
+}
