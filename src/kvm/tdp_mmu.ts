@@ -23,7 +23,7 @@ import {
   isShadowPresentPte, leafSpteChangeNeedsTlbFlush, makeMmioSpte, makeNonleafSpte, makeSpte, markSpteForAccessTrack,
   spteToPfn, type SpteFlavour,
 } from './spte.js';
-import { TdpIter, iterAtPresentLeaf, kvmTdpMmuWriteSpte, pagesPerHpage, tdpIterNext, tdpIterStart } from './tdp_iter.js';
+import { TdpIter, iterAtPresentLeaf, kvmTdpMmuWriteSpte, tdpMmuClearSpteBits, pagesPerHpage, tdpIterNext, tdpIterStart } from './tdp_iter.js';
 
 /** Page-fault handler results (enum ret_pf, mmu_internal.h). */
 export const enum RetPf {
@@ -631,6 +631,41 @@ export class TdpMmu {
     }
     vm.rcu.readUnlock(token);
     return set;
+  }
+
+  /**
+   * kvm_tdp_mmu_clear_dirty_pt_masked with write protection (no PML): for
+   * each gfn of `mask` (bit i = gfn base + i, 64 gfns), clear W on its 4K
+   * leaf, atomically only when needed. mmu_lock held for write.
+   */
+  *clearDirtyPtMasked(slot: KvmMemorySlot, base: number, mask: bigint): Program<void> {
+    const vm = this.vm;
+    const mem = vm.mem;
+    vm.mmuLock.assertHeld('write');
+    const token = vm.rcu.readLock();
+    for (const root of this.roots) {
+      if (root.invalid || root.asId !== slot.as_id) continue;
+      let m = mask;
+      while (m !== 0n) {
+        let i = 0;
+        while (((m >> BigInt(i)) & 1n) === 0n) i++;
+        const gfn = base + i;
+        const it = new TdpIter(mem);
+        if (mem.yields) yield;
+        for (tdpIterStart(it, root, PG_LEVEL_4K, gfn); it.valid && it.gfn < gfn + 1; ) {
+          if (it.level === PG_LEVEL_4K && isShadowPresentPte(it.oldSpte) && (it.oldSpte & PT_WRITABLE_MASK) !== 0n) {
+            const old = it.oldSpte;
+            const neu = old & ~PT_WRITABLE_MASK;
+            it.oldSpte = yield* tdpMmuClearSpteBits(vm.flavour, mem, it.sptep, old, PT_WRITABLE_MASK, it.level);
+            if (vm.events.kvm_tdp_mmu_spte_changed) vm.events.emit('kvm_tdp_mmu_spte_changed', { as_id: it.asId, gfn, level: 1, old_spte: old, new_spte: neu });
+          }
+          if (mem.yields) yield;
+          tdpIterNext(it);
+        }
+        m &= ~(1n << BigInt(i));
+      }
+    }
+    vm.rcu.readUnlock(token);
   }
 
   /** Reads the SPTE mapping gfn at `level` (or the deepest present one), for expectations and dumps. No yields: not part of any race. */

@@ -137,6 +137,28 @@ export class Kvm implements TdpMmuVm {
     if (set) this.flushRemoteTlbs();
   }
 
+  /**
+   * KVM_GET_DIRTY_LOG (kvm_get_dirty_log_protect): snapshot and clear the
+   * slot's bitmap, write-protect the harvested pages again, and flush if any
+   * were harvested. Returns the dirty gfns.
+   */
+  *getDirtyLog(id: number): Generator<unknown, number[], undefined> {
+    const slot = this.memslots.idToMemslot(0, id);
+    if (slot === null || slot.dirty_bitmap === null) throw new RangeError(`memslot ${id} does not log dirty pages`);
+    const words = this.memslots.getDirtyLog(0, id);
+    const gfns: number[] = [];
+    yield* this.mmuLock.writeLock();
+    for (let w = 0; w < words.length; w += 2) {
+      const mask = (BigInt(words[w + 1] ?? 0) << 32n) | BigInt(words[w]);
+      if (mask === 0n) continue;
+      for (let i = 0; i < 64; i++) if ((mask >> BigInt(i)) & 1n) gfns.push(slot.base_gfn + w * 32 + i);
+      yield* this.tdpMmu.clearDirtyPtMasked(slot, slot.base_gfn + w * 32, mask);
+    }
+    this.mmuLock.writeUnlock();
+    if (gfns.length > 0) this.flushRemoteTlbs();
+    return gfns;
+  }
+
   /** Point every vCPU at the TDP root (kvm_mmu_load: EPTP or nCR3). */
   private loadRoots(): void {
     const root = this.tdpMmu.allocRoot(0);
