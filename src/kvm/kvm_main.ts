@@ -113,14 +113,26 @@ function* kvmMmuUnmapGfnRange(kvm: Kvm, range: KvmGfnRange): Program<boolean> {
   return yield* kvm.tdpMmu.unmapGfnRange(range, false);
 }
 
-/** kvm_age_gfn: x86 ages without mmu_lock (KVM_MMU_LOCKLESS_AGING). */
-function* kvmAgeGfn(kvm: Kvm, range: KvmGfnRange): Program<boolean> {
-  return yield* kvm.tdpMmu.ageGfnRange(range, false);
+/**
+ * kvm_may_have_shadow_mmu_sptes: with the TDP MMU, shadow SPTEs exist only
+ * while indirect shadow pages do (read without locks; a stale value is harmless).
+ */
+export function kvmMayHaveShadowMmuSptes(kvm: Kvm): boolean {
+  return kvm.indirectShadowPages !== 0;
 }
 
-/** kvm_test_age_gfn. */
+/** kvm_age_gfn: x86 ages without mmu_lock (KVM_MMU_LOCKLESS_AGING); both MMUs are aged. */
+function* kvmAgeGfn(kvm: Kvm, range: KvmGfnRange): Program<boolean> {
+  let young = yield* kvm.tdpMmu.ageGfnRange(range, false);
+  if (kvmMayHaveShadowMmuSptes(kvm)) young = (yield* kvm.rmaps(range.slot).ageGfnRange(range, false)) || young;
+  return young;
+}
+
+/** kvm_test_age_gfn: the rmaps are not walked when the TDP MMU already says young. */
 function* kvmTestAgeGfn(kvm: Kvm, range: KvmGfnRange): Program<boolean> {
-  return yield* kvm.tdpMmu.ageGfnRange(range, true);
+  if (yield* kvm.tdpMmu.ageGfnRange(range, true)) return true;
+  if (kvmMayHaveShadowMmuSptes(kvm)) return yield* kvm.rmaps(range.slot).ageGfnRange(range, true);
+  return false;
 }
 
 /** KVM's struct mmu_notifier: what the host mm calls. */

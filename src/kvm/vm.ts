@@ -12,7 +12,8 @@ import { PageAllocator } from '../mm/page_alloc.js';
 import { KvmEvents } from './events.js';
 import { KvmMmuNotifier, MmuInvalidate } from './kvm_main.js';
 import { MmuLock, Rcu, Srcu } from './locks.js';
-import { KVM_MEM_LOG_DIRTY_PAGES, KvmMemslots } from './memslots.js';
+import { KVM_MEM_LOG_DIRTY_PAGES, KvmMemslots, type KvmMemorySlot } from './memslots.js';
+import { KvmRmaps } from './rmap.js';
 import { kvmMmuPageFault } from './mmu.js';
 import { EPT_AD, EPT_NOAD, NPT, type SpteFlavour } from './spte.js';
 import { RetPf, TdpMmu, type TdpMmuVm } from './tdp_mmu.js';
@@ -90,6 +91,9 @@ export class Kvm implements TdpMmuVm {
   readonly rootLevel: number;
   readonly maxGfn: number;
   readonly opts: Required<Omit<VmOptions, 'maxPhysAddr'>>;
+  /** kvm->arch.indirect_shadow_pages: shadow pages that shadow guest tables (nested TDP). */
+  indirectShadowPages = 0;
+  private readonly slotRmaps = new Map<number, KvmRmaps>();
 
   constructor(options: VmOptions) {
     const opts = {
@@ -170,6 +174,17 @@ export class Kvm implements TdpMmuVm {
         regs.asid = 1;
       }
     }
+  }
+
+  /** A memslot's shadow-MMU rmaps, allocated on first use (as when a shadow root is first allocated). */
+  rmaps(slot: KvmMemorySlot): KvmRmaps {
+    const key = slot.as_id * 65536 + slot.id;
+    let r = this.slotRmaps.get(key);
+    if (r === undefined || r.slot.base_gfn !== slot.base_gfn || r.slot.npages !== slot.npages) {
+      r = new KvmRmaps(this, slot);
+      this.slotRmaps.set(key, r);
+    }
+    return r;
   }
 
   memslotsGeneration(): bigint {
