@@ -13,7 +13,7 @@ import {
   isShadowPresentPte, isWritablePte, restoreAccTrackSpte, checkMmioSpte, FROZEN_SPTE,
 } from './spte.js';
 import { hi32, join64, lo32 } from '../hw/halves.js';
-import { TdpIter, pagesPerHpage } from './tdp_iter.js';
+import { pagesPerHpage } from './tdp_iter.js';
 import { PT_POISON, RetPf, type KvmPageFault } from './tdp_mmu.js';
 import type { Kvm, KvmVcpu } from './vm.js';
 
@@ -59,10 +59,10 @@ export function* kvmMmuPageFault(kvm: Kvm, vcpu: KvmVcpu, exit: AccessResult): P
   const gpa = exit.gpa;
   kvm.stats.pageFaults++;
   if (kvm.events.kvm_page_fault) kvm.events.emit('kvm_page_fault', { vcpu_id: vcpu.id, fault_address: gpa, error_code: errorCode });
-  const fault = newFault(kvm, gpa, errorCode);
+  const fault = initFault(vcpu.fault, kvm, gpa, errorCode);
   let r: RetPf | typeof EFAULT;
   if (fault.rsvd) {
-    r = yield* handleMmioPageFault(kvm, fault);
+    r = yield* handleMmioPageFault(kvm, vcpu, fault);
     if (r === RetPf.Invalid) r = yield* kvmTdpMmuPageFault(kvm, vcpu, fault);
   } else {
     r = yield* kvmTdpMmuPageFault(kvm, vcpu, fault);
@@ -80,27 +80,34 @@ function countResult(kvm: Kvm, r: RetPf | typeof EFAULT): void {
   else if (r === RetPf.WriteProtected) s.pfWriteProtected++;
 }
 
-/** kvm_mmu_do_page_fault's struct kvm_page_fault, with the slot looked up up front. */
-function newFault(kvm: Kvm, gpa: number, errorCode: number): KvmPageFault {
-  const gfn = Math.floor(gpa / 4096);
+/** A blank struct kvm_page_fault, one per vCPU (it lives on the kernel stack). */
+export function newFault(): KvmPageFault {
   return {
-    addr: gpa,
-    gfn,
-    errorCode,
-    exec: (errorCode & PFERR_FETCH_MASK) !== 0,
-    write: (errorCode & PFERR_WRITE_MASK) !== 0,
-    present: (errorCode & PFERR_PRESENT_MASK) !== 0,
-    rsvd: (errorCode & PFERR_RSVD_MASK) !== 0,
-    prefetch: false,
-    slot: kvm.memslots.gfnToMemslot(gfn),
-    pfn: 0,
-    mapWritable: false,
-    maxLevel: PG_LEVEL_1G,
-    reqLevel: PG_LEVEL_4K,
-    goalLevel: PG_LEVEL_4K,
-    hugePageDisallowed: false,
-    mmuSeq: 0,
+    addr: 0, gfn: 0, errorCode: 0, exec: false, write: false, present: false, rsvd: false, prefetch: false, slot: null,
+    pfn: 0, mapWritable: false, maxLevel: PG_LEVEL_1G, reqLevel: PG_LEVEL_4K, goalLevel: PG_LEVEL_4K, hugePageDisallowed: false, mmuSeq: 0,
   };
+}
+
+/** kvm_mmu_do_page_fault's initialisation of the fault, with the slot looked up up front. */
+function initFault(fault: KvmPageFault, kvm: Kvm, gpa: number, errorCode: number): KvmPageFault {
+  const gfn = Math.floor(gpa / 4096);
+  fault.addr = gpa;
+  fault.gfn = gfn;
+  fault.errorCode = errorCode;
+  fault.exec = (errorCode & PFERR_FETCH_MASK) !== 0;
+  fault.write = (errorCode & PFERR_WRITE_MASK) !== 0;
+  fault.present = (errorCode & PFERR_PRESENT_MASK) !== 0;
+  fault.rsvd = (errorCode & PFERR_RSVD_MASK) !== 0;
+  fault.prefetch = false;
+  fault.slot = kvm.memslots.gfnToMemslot(gfn);
+  fault.pfn = 0;
+  fault.mapWritable = false;
+  fault.maxLevel = PG_LEVEL_1G;
+  fault.reqLevel = PG_LEVEL_4K;
+  fault.goalLevel = PG_LEVEL_4K;
+  fault.hugePageDisallowed = false;
+  fault.mmuSeq = 0;
+  return fault;
 }
 
 /**
@@ -109,8 +116,8 @@ function newFault(kvm: Kvm, gpa: number, errorCode: number): KvmPageFault {
  * fault. Anything else means the CPU read an entry KVM never wrote: a freed
  * (poisoned) table or a stale cached one, which the model reports loudly.
  */
-function* handleMmioPageFault(kvm: Kvm, fault: KvmPageFault): Program<RetPf> {
-  const it = new TdpIter(kvm.mem);
+function* handleMmioPageFault(kvm: Kvm, vcpu: KvmVcpu, fault: KvmPageFault): Program<RetPf> {
+  const it = vcpu.iter;
   const token = kvm.rcu.readLock();
   const sptep = yield* kvm.tdpMmu.fastPfGetLastSptep(fault.gfn, it);
   kvm.rcu.readUnlock(token);
@@ -135,7 +142,7 @@ function* kvmTdpMmuPageFault(kvm: Kvm, vcpu: KvmVcpu, fault: KvmPageFault): Prog
   let r = RetPf.Retry;
   yield* kvm.mmuLock.readLock();
   try {
-    if (!isPageFaultStale(kvm, fault)) r = yield* kvm.tdpMmu.map(fault);
+    if (!isPageFaultStale(kvm, fault)) r = yield* kvm.tdpMmu.map(fault, vcpu.iter);
   } finally {
     kvm.mmuLock.readUnlock();
   }
@@ -221,7 +228,7 @@ function* fastPageFault(kvm: Kvm, vcpu: KvmVcpu, fault: KvmPageFault): Program<R
   if (!pageFaultCanBeFast(kvm, fault)) return RetPf.Invalid;
   const f = kvm.flavour;
   const mem = kvm.mem;
-  const it = new TdpIter(mem);
+  const it = vcpu.iter;
   let ret = RetPf.Invalid;
   let retries = 0;
   let spte = 0n;

@@ -40,9 +40,12 @@ export interface TdpRoot {
   readonly asId?: number;
 }
 
+/** KVM_PAGES_PER_HPAGE by level, so stepping needs no exponentiation. */
+const PAGES_PER_LEVEL = [0, 1, 512, 512 * 512, 512 ** 3, 512 ** 4];
+
 /** GFNs mapped by one entry at `level` (KVM_PAGES_PER_HPAGE). */
 export function pagesPerHpage(level: number): number {
-  return 512 ** (level - 1);
+  return PAGES_PER_LEVEL[level];
 }
 
 /** `gfn` rounded down to the first GFN an entry at `level` maps (gfn_round_for_level). */
@@ -124,8 +127,6 @@ export class TdpIter {
   }
 }
 
-/** KVM_PAGES_PER_HPAGE by level, so stepping needs no exponentiation. */
-const PAGES_PER_LEVEL = [0, 1, 512, 512 * 512, 512 ** 3, 512 ** 4];
 
 /** Recomputes sptep for gfn/level and re-reads the SPTE; mirrors tdp_iter_refresh_sptep. */
 function refreshSptep(it: TdpIter): void {

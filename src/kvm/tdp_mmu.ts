@@ -309,7 +309,7 @@ export class TdpMmu {
    * tables with cmpxchg, and install the leaf at the goal level. mmu_lock is
    * held for read; any lost race ends in RET_PF_RETRY.
    */
-  *map(fault: KvmPageFault, asId = 0): Program<RetPf> {
+  *map(fault: KvmPageFault, it: TdpIter, asId = 0): Program<RetPf> {
     const vm = this.vm;
     const mem = vm.mem;
     vm.mmuLock.assertHeld('read');
@@ -320,7 +320,6 @@ export class TdpMmu {
     }
     const token = vm.rcu.readLock();
     try {
-      const it = new TdpIter(mem);
       if (mem.yields) yield;
       for (tdpIterStart(it, root, PG_LEVEL_4K, fault.gfn); it.valid && it.gfn < fault.gfn + 1; ) {
         if (it.oldLo === FROZEN_LO && it.oldHi === FROZEN_HI) return RetPf.Retry;

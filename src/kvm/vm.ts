@@ -14,7 +14,8 @@ import { KvmMmuNotifier, MmuInvalidate } from './kvm_main.js';
 import { MmuLock, Rcu, Srcu } from './locks.js';
 import { KVM_MEM_LOG_DIRTY_PAGES, KvmMemslots, type KvmMemorySlot } from './memslots.js';
 import { KvmRmaps } from './rmap.js';
-import { kvmMmuPageFault } from './mmu.js';
+import { kvmMmuPageFault, newFault } from './mmu.js';
+import { TdpIter } from './tdp_iter.js';
 import { EPT_AD, EPT_NOAD, NPT, type SpteFlavour } from './spte.js';
 import { RetPf, TdpMmu, type TdpMmuVm } from './tdp_mmu.js';
 
@@ -70,7 +71,12 @@ export interface GuestAccess {
 export class KvmVcpu {
   /** KVM_REQ_TLB_FLUSH, processed before the next entry. */
   tlbFlushRequested = false;
-  constructor(readonly kvm: Kvm, readonly id: number) {}
+  /** The fault being handled and the iterator its walks use (on the kernel stack, one per vCPU). */
+  readonly fault = newFault();
+  readonly iter: TdpIter;
+  constructor(readonly kvm: Kvm, readonly id: number) {
+    this.iter = new TdpIter(kvm.mem);
+  }
 }
 
 export class Kvm implements TdpMmuVm {

@@ -24,16 +24,14 @@ export interface VmArea {
   readonly writable: boolean;
   /** Page size backing the area (hugetlbfs-style when above 4K). */
   readonly level: HostLevel;
+  /** Host mappings by page index within the area: pfn * 2 + the young bit (arithmetic: pfns exceed 32 bits). */
+  readonly ptes: Map<number, number>;
 }
 
 /** Result of hva_to_pfn: a frame and whether the host mapping lets it be written. */
 export type HvaToPfn = { ok: true; pfn: number; writable: boolean } | { ok: false; error: 'EFAULT' };
 
-/** A host page-table entry of the model: the frame and the primary MMU's young bit. */
-interface HostPte {
-  pfn: number;
-  young: boolean;
-}
+const YOUNG = 1;
 
 function levelBytes(level: HostLevel): number {
   return level === 1 ? PAGE_SIZE : level === 2 ? PMD_SIZE : PUD_SIZE;
@@ -42,8 +40,6 @@ function levelBytes(level: HostLevel): number {
 export class MmStruct {
   readonly notifiers = new MmuNotifierSubscriptions();
   private readonly vmas: VmArea[] = [];
-  /** Host mappings by hva page number. */
-  private readonly ptes = new Map<number, HostPte>();
   /** Host page faults taken (first touches). */
   faults = 0;
 
@@ -62,7 +58,7 @@ export class MmStruct {
     }
     const end = start + length;
     if (this.vmas.some((v) => v.start < end && start < v.end)) throw new RangeError(`mmap: 0x${start.toString(16)}..0x${end.toString(16)} overlaps a mapping`);
-    const vma: VmArea = { start, end, writable: opts.writable ?? true, level };
+    const vma: VmArea = { start, end, writable: opts.writable ?? true, level, ptes: new Map() };
     this.vmas.push(vma);
     return vma;
   }
@@ -79,36 +75,34 @@ export class MmStruct {
   hvaToPfn(hva: number, write: boolean): HvaToPfn {
     const vma = this.findVma(hva);
     if (vma === null || (write && !vma.writable)) return { ok: false, error: 'EFAULT' };
-    const page = Math.floor(hva / PAGE_SIZE);
-    let pte = this.ptes.get(page);
+    const page = Math.floor((hva - vma.start) / PAGE_SIZE);
+    let pte = vma.ptes.get(page);
     if (pte === undefined) pte = this.fault(vma, hva);
-    pte.young = true;
-    return { ok: true, pfn: pte.pfn, writable: vma.writable };
+    if (pte % 2 === 0) vma.ptes.set(page, pte + YOUNG); // the access makes it young
+    return { ok: true, pfn: Math.floor(pte / 2), writable: vma.writable };
   }
 
   /** Level of the host mapping of hva (host_pfn_mapping_level); 4K when unmapped. */
   hostMappingLevel(hva: number): HostLevel {
     const vma = this.findVma(hva);
-    return vma === null || !this.ptes.has(Math.floor(hva / PAGE_SIZE)) ? 1 : vma.level;
+    return vma === null || !vma.ptes.has(Math.floor((hva - vma.start) / PAGE_SIZE)) ? 1 : vma.level;
   }
 
   /** Frame mapped at hva, or null; no fault. */
   lookup(hva: number): number | null {
-    return this.ptes.get(Math.floor(hva / PAGE_SIZE))?.pfn ?? null;
+    const vma = this.findVma(hva);
+    const pte = vma?.ptes.get(Math.floor((hva - vma.start) / PAGE_SIZE));
+    return pte === undefined ? null : Math.floor(pte / 2);
   }
 
-  private fault(vma: VmArea, hva: number): HostPte {
+  /** Maps the whole host page (4K, 2M or 1G) around hva; returns hva's PTE. */
+  private fault(vma: VmArea, hva: number): number {
     this.faults++;
     const bytes = levelBytes(vma.level);
-    const base = Math.floor(hva / bytes) * bytes;
+    const base = Math.floor((hva - vma.start) / bytes) * (bytes / PAGE_SIZE);
     const first = this.pages.allocPages(vma.level === 1 ? 0 : vma.level === 2 ? 9 : 18) / PAGE_SIZE;
-    let mine: HostPte | undefined;
-    for (let i = 0; i < bytes / PAGE_SIZE; i++) {
-      const pte = { pfn: first + i, young: false };
-      this.ptes.set(base / PAGE_SIZE + i, pte);
-      if (base + i * PAGE_SIZE <= hva && hva < base + (i + 1) * PAGE_SIZE) mine = pte;
-    }
-    return mine!;
+    for (let i = 0; i < bytes / PAGE_SIZE; i++) vma.ptes.set(base + i, (first + i) * 2);
+    return vma.ptes.get(Math.floor((hva - vma.start) / PAGE_SIZE))!;
   }
 
   /** madvise(MADV_DONTNEED): drop the pages of [start, start+length); event CLEAR. */
@@ -133,11 +127,15 @@ export class MmStruct {
     const range = { start, end, event, flags: MMU_NOTIFIER_RANGE_BLOCKABLE, owner: null };
     yield* this.notifiers.invalidateRangeStart(range);
     const freed: number[] = [];
-    for (let p = start / PAGE_SIZE; p < end / PAGE_SIZE; p++) {
-      const pte = this.ptes.get(p);
-      if (pte === undefined) continue;
-      this.ptes.delete(p);
-      freed.push(pte.pfn);
+    for (const vma of this.vmas) {
+      const from = Math.max(start, vma.start);
+      const to = Math.min(end, vma.end);
+      for (let p = (from - vma.start) / PAGE_SIZE; p < (to - vma.start) / PAGE_SIZE; p++) {
+        const pte = vma.ptes.get(p);
+        if (pte === undefined) continue;
+        vma.ptes.delete(p);
+        freed.push(Math.floor(pte / 2));
+      }
     }
     yield* this.notifiers.invalidateRangeEnd(range);
     for (const pfn of freed) this.pages.freePage(pfn * PAGE_SIZE);
@@ -145,9 +143,11 @@ export class MmStruct {
 
   /** Test-and-clear the primary young bit and ask the secondary MMUs (ptep_clear_flush_young_notify). */
   *clearFlushYoungNotify(hva: number): Program<boolean> {
-    const pte = this.ptes.get(Math.floor(hva / PAGE_SIZE));
-    let young = pte?.young ?? false;
-    if (pte !== undefined) pte.young = false;
+    const vma = this.findVma(hva);
+    const key = vma === null ? 0 : Math.floor((hva - vma.start) / PAGE_SIZE);
+    const pte = vma?.ptes.get(key);
+    let young = pte !== undefined && pte % 2 === YOUNG;
+    if (young) vma!.ptes.set(key, pte! - YOUNG);
     const page = Math.floor(hva / PAGE_SIZE) * PAGE_SIZE;
     if ((yield* this.notifiers.clearFlushYoung(page, page + PAGE_SIZE)) !== 0) young = true;
     return young;
