@@ -372,6 +372,21 @@ export class TdpMmu {
     return 0;
   }
 
+  private readonly templates: (bigint | undefined)[] = [];
+
+  /** make_spte(ACC_ALL, pfn 0, not prefetch) for a level and host writability, computed once. */
+  private leafTemplate(level: number, hostWritable: boolean): bigint {
+    const k = level * 2 + (hostWritable ? 1 : 0);
+    let t = this.templates[k];
+    if (t === undefined) {
+      const made = makeSpte(this.vm.flavour, { level, pfn: 0n, access: ACC_ALL, hostWritable });
+      if (made.wrprot) throw new Error('assertion: a TDP leaf template came out write-protected');
+      t = made.spte;
+      this.templates[k] = t;
+    }
+    return t;
+  }
+
   /** tdp_mmu_map_handle_target_level: install the leaf (or MMIO SPTE) at the goal level. */
   private *mapHandleTargetLevel(fault: KvmPageFault, it: TdpIter): Program<RetPf> {
     const vm = this.vm;
@@ -383,9 +398,14 @@ export class TdpMmu {
     if (fault.slot === null) {
       newSpte = makeMmioSpte(f, BigInt(it.gfn), ACC_ALL, vm.memslotsGeneration());
     } else {
-      const made = makeSpte(f, { level: it.level, pfn: BigInt(fault.pfn), access: ACC_ALL, hostWritable: fault.mapWritable, prefetch: fault.prefetch, oldSpte: old });
-      newSpte = made.spte;
-      wrprot = made.wrprot;
+      if (fault.prefetch) {
+        const made = makeSpte(f, { level: it.level, pfn: BigInt(fault.pfn), access: ACC_ALL, hostWritable: fault.mapWritable, prefetch: true, oldSpte: old });
+        newSpte = made.spte;
+        wrprot = made.wrprot;
+      } else {
+        // With ACC_ALL and no prefetch, make_spte's result is the pfn ORed into a value fixed by level and host writability.
+        newSpte = this.leafTemplate(it.level, fault.mapWritable) | (BigInt(fault.pfn) << 12n);
+      }
       // make_spte marks the gfn dirty when it creates a writable SPTE in a dirty-logged slot (6.13+).
       if ((newSpte & PT_WRITABLE_MASK) !== 0n && slotDirtyLogging(fault.slot)) {
         if (it.level > PG_LEVEL_4K) throw new Error('assertion: huge writable SPTE in a dirty-logged slot');
