@@ -24,8 +24,12 @@ export interface VmArea {
   readonly writable: boolean;
   /** Page size backing the area (hugetlbfs-style when above 4K). */
   readonly level: HostLevel;
-  /** Host mappings by page index within the area: pfn * 2 + the young bit (arithmetic: pfns exceed 32 bits). */
-  readonly ptes: Map<number, number>;
+  /**
+   * Host mappings by page index within the area: 0 when not present, else
+   * pfn * 2 + the young bit (arithmetic: pfns exceed 32 bits; pfn 0 is never
+   * handed out). Allocated on the first fault.
+   */
+  ptes: Float64Array | null;
 }
 
 /** Result of hva_to_pfn: a frame and whether the host mapping lets it be written. */
@@ -58,7 +62,7 @@ export class MmStruct {
     }
     const end = start + length;
     if (this.vmas.some((v) => v.start < end && start < v.end)) throw new RangeError(`mmap: 0x${start.toString(16)}..0x${end.toString(16)} overlaps a mapping`);
-    const vma: VmArea = { start, end, writable: opts.writable ?? true, level, ptes: new Map() };
+    const vma: VmArea = { start, end, writable: opts.writable ?? true, level, ptes: null };
     this.vmas.push(vma);
     return vma;
   }
@@ -76,23 +80,23 @@ export class MmStruct {
     const vma = this.findVma(hva);
     if (vma === null || (write && !vma.writable)) return { ok: false, error: 'EFAULT' };
     const page = Math.floor((hva - vma.start) / PAGE_SIZE);
-    let pte = vma.ptes.get(page);
-    if (pte === undefined) pte = this.fault(vma, hva);
-    if (pte % 2 === 0) vma.ptes.set(page, pte + YOUNG); // the access makes it young
+    let pte = vma.ptes === null ? 0 : vma.ptes[page];
+    if (pte === 0) pte = this.fault(vma, hva);
+    if (pte % 2 === 0) vma.ptes![page] = pte + YOUNG; // the access makes it young
     return { ok: true, pfn: Math.floor(pte / 2), writable: vma.writable };
   }
 
   /** Level of the host mapping of hva (host_pfn_mapping_level); 4K when unmapped. */
   hostMappingLevel(hva: number): HostLevel {
     const vma = this.findVma(hva);
-    return vma === null || !vma.ptes.has(Math.floor((hva - vma.start) / PAGE_SIZE)) ? 1 : vma.level;
+    return vma === null || vma.ptes === null || vma.ptes[Math.floor((hva - vma.start) / PAGE_SIZE)] === 0 ? 1 : vma.level;
   }
 
   /** Frame mapped at hva, or null; no fault. */
   lookup(hva: number): number | null {
     const vma = this.findVma(hva);
-    const pte = vma?.ptes.get(Math.floor((hva - vma.start) / PAGE_SIZE));
-    return pte === undefined ? null : Math.floor(pte / 2);
+    const pte = vma?.ptes?.[Math.floor((hva - vma.start) / PAGE_SIZE)] ?? 0;
+    return pte === 0 ? null : Math.floor(pte / 2);
   }
 
   /** Maps the whole host page (4K, 2M or 1G) around hva; returns hva's PTE. */
@@ -101,8 +105,10 @@ export class MmStruct {
     const bytes = levelBytes(vma.level);
     const base = Math.floor((hva - vma.start) / bytes) * (bytes / PAGE_SIZE);
     const first = this.pages.allocPages(vma.level === 1 ? 0 : vma.level === 2 ? 9 : 18) / PAGE_SIZE;
-    for (let i = 0; i < bytes / PAGE_SIZE; i++) vma.ptes.set(base + i, (first + i) * 2);
-    return vma.ptes.get(Math.floor((hva - vma.start) / PAGE_SIZE))!;
+    if (first === 0) throw new Error('assertion: pfn 0 handed out');
+    const ptes = (vma.ptes ??= new Float64Array((vma.end - vma.start) / PAGE_SIZE));
+    for (let i = 0; i < bytes / PAGE_SIZE; i++) ptes[base + i] = (first + i) * 2;
+    return ptes[Math.floor((hva - vma.start) / PAGE_SIZE)];
   }
 
   /** madvise(MADV_DONTNEED): drop the pages of [start, start+length); event CLEAR. */
@@ -130,10 +136,12 @@ export class MmStruct {
     for (const vma of this.vmas) {
       const from = Math.max(start, vma.start);
       const to = Math.min(end, vma.end);
+      const ptes = vma.ptes;
+      if (ptes === null) continue;
       for (let p = (from - vma.start) / PAGE_SIZE; p < (to - vma.start) / PAGE_SIZE; p++) {
-        const pte = vma.ptes.get(p);
-        if (pte === undefined) continue;
-        vma.ptes.delete(p);
+        const pte = ptes[p];
+        if (pte === 0) continue;
+        ptes[p] = 0;
         freed.push(Math.floor(pte / 2));
       }
     }
@@ -145,9 +153,9 @@ export class MmStruct {
   *clearFlushYoungNotify(hva: number): Program<boolean> {
     const vma = this.findVma(hva);
     const key = vma === null ? 0 : Math.floor((hva - vma.start) / PAGE_SIZE);
-    const pte = vma?.ptes.get(key);
-    let young = pte !== undefined && pte % 2 === YOUNG;
-    if (young) vma!.ptes.set(key, pte! - YOUNG);
+    const pte = vma?.ptes?.[key] ?? 0;
+    let young = pte !== 0 && pte % 2 === YOUNG;
+    if (young) vma!.ptes![key] = pte - YOUNG;
     const page = Math.floor(hva / PAGE_SIZE) * PAGE_SIZE;
     if ((yield* this.notifiers.clearFlushYoung(page, page + PAGE_SIZE)) !== 0) young = true;
     return young;
