@@ -135,8 +135,10 @@ function* handleMmioPageFault(kvm: Kvm, vcpu: KvmVcpu, fault: KvmPageFault): Pro
 
 /** kvm_tdp_mmu_page_fault: fast path, fault-in of the pfn, then the map under the read lock. */
 function* kvmTdpMmuPageFault(kvm: Kvm, vcpu: KvmVcpu, fault: KvmPageFault): Program<RetPf | typeof EFAULT> {
-  const r0 = yield* fastPageFault(kvm, vcpu, fault);
-  if (r0 !== RetPf.Invalid) return r0;
+  if (pageFaultCanBeFast(kvm, fault)) {
+    const r0 = yield* fastPageFault(kvm, vcpu, fault);
+    if (r0 !== RetPf.Invalid) return r0;
+  }
   const r1 = yield* kvmMmuFaultinPfn(kvm, fault);
   if (r1 !== RetPf.Continue) return r1;
   let r = RetPf.Retry;
@@ -220,12 +222,11 @@ function pageFaultCanBeFast(kvm: Kvm, fault: KvmPageFault): boolean {
 }
 
 /**
- * fast_page_fault: fix an access-tracked or write-protected (but
+ * fast_page_fault (the caller checked page_fault_can_be_fast): fix an access-tracked or write-protected (but
  * MMU-writable) leaf with one cmpxchg, without mmu_lock, retrying a lost
  * cmpxchg at most four times.
  */
 function* fastPageFault(kvm: Kvm, vcpu: KvmVcpu, fault: KvmPageFault): Program<RetPf> {
-  if (!pageFaultCanBeFast(kvm, fault)) return RetPf.Invalid;
   const f = kvm.flavour;
   const mem = kvm.mem;
   const it = vcpu.iter;

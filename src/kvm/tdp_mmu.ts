@@ -211,7 +211,8 @@ export class TdpMmu {
     const old = it.oldSpte;
     const r = yield* this.setSpteAtomicRaw(it, lo32(newSpte), hi32(newSpte));
     if (r !== 0) return r;
-    yield* this.handleChangedSpte(it.asId, it.gfn, old, newSpte, it.level, true);
+    const removed = this.handleChangedSpte(it.asId, it.gfn, old, newSpte, it.level);
+    if (removed !== null) yield* this.handleRemovedPt(removed, true);
     return 0;
   }
 
@@ -224,7 +225,8 @@ export class TdpMmu {
     this.vm.mmuLock.assertHeld('write');
     if (isFrozenSpte(oldSpte) || isFrozenSpte(newSpte)) throw new Error('assertion: FROZEN_SPTE under the write lock');
     const old = yield* kvmTdpMmuWriteSpte(this.vm.flavour, this.vm.mem, sptep, oldSpte, newSpte, level);
-    yield* this.handleChangedSpte(asId, gfn, old, newSpte, level, false);
+    const removed = this.handleChangedSpte(asId, gfn, old, newSpte, level);
+    if (removed !== null) yield* this.handleRemovedPt(removed, false);
     return old;
   }
 
@@ -236,8 +238,13 @@ export class TdpMmu {
   // -------------------------------------------------------------------------
   // Bookkeeping (section 4.2)
 
-  /** handle_changed_spte: statistics, tracing, and tearing down disconnected tables. No TLB flush. */
-  *handleChangedSpte(asId: number, gfn: number, oldSpte: bigint, newSpte: bigint, level: number, shared: boolean): Program<void> {
+  /**
+   * handle_changed_spte: statistics and tracing. Returns the child table
+   * the change disconnected, which the caller tears down with
+   * handle_removed_pt in its lock mode (so that only that rare case is a
+   * program step). No TLB flush.
+   */
+  handleChangedSpte(asId: number, gfn: number, oldSpte: bigint, newSpte: bigint, level: number): KvmMmuPage | null {
     const f = this.vm.flavour;
     const wasPresent = isShadowPresentPte(oldSpte);
     const isPresent = isShadowPresentPte(newSpte);
@@ -248,7 +255,7 @@ export class TdpMmu {
     if (gfn % pagesPerHpage(level) !== 0) throw new Error(`assertion: gfn 0x${gfn.toString(16)} not aligned to level ${level}`);
     // PFNs only change by zapping and re-creating: a present leaf turning into another present leaf is a kernel BUG.
     if (wasLeaf && isLeaf && pfnChanged) throw new Error(`assertion (BUG): leaf SPTE for gfn 0x${gfn.toString(16)} changed pfn without a zap`);
-    if (oldSpte === newSpte) return;
+    if (oldSpte === newSpte) return null;
     if (this.vm.events.kvm_tdp_mmu_spte_changed) this.vm.events.emit('kvm_tdp_mmu_spte_changed', { as_id: asId, gfn, level, old_spte: oldSpte, new_spte: newSpte });
     if (isLeaf) {
       const problem = checkSpteWritableInvariants(f, newSpte);
@@ -259,12 +266,11 @@ export class TdpMmu {
       if (!isMmioSpte(f, oldSpte) && !isMmioSpte(f, newSpte) && !isFrozenSpte(newSpte)) {
         this.warnings.push(`unexpected non-present to non-present change, gfn 0x${gfn.toString(16)} level ${level}: 0x${oldSpte.toString(16)} -> 0x${newSpte.toString(16)}`);
       }
-      return;
+      return null;
     }
     if (isLeaf !== wasLeaf) this.stats.pages[level] += isLeaf ? 1 : -1;
-    if (wasPresent && !wasLeaf && (isLeaf || !isPresent || pfnChanged)) {
-      yield* this.handleRemovedPt(this.sp(Number(spteToPfn(oldSpte)) * 4096), shared);
-    }
+    if (wasPresent && !wasLeaf && (isLeaf || !isPresent || pfnChanged)) return this.sp(Number(spteToPfn(oldSpte)) * 4096);
+    return null;
   }
 
   /**
@@ -296,7 +302,8 @@ export class TdpMmu {
         if (!isShadowPresentPte(old)) continue;
         old = yield* kvmTdpMmuWriteSpte(f, mem, sptep, old, FROZEN_SPTE, sp.level);
       }
-      yield* this.handleChangedSpte(sp.asId, gfn, old, FROZEN_SPTE, sp.level, shared);
+      const removed = this.handleChangedSpte(sp.asId, gfn, old, FROZEN_SPTE, sp.level);
+      if (removed !== null) yield* this.handleRemovedPt(removed, shared);
     }
     this.freeSpRcu(sp);
   }
