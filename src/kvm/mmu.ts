@@ -198,7 +198,7 @@ function hugepageAdjust(kvm: Kvm, fault: KvmPageFault, slot: KvmMemorySlot, hva:
   if (fault.maxLevel === PG_LEVEL_4K || slotDirtyLogging(slot)) return;
   const host = kvm.mm.hostMappingLevel(hva);
   let level = Math.min(fault.maxLevel, host);
-  while (level > PG_LEVEL_4K && !lpageAllowed(slot, fault.gfn, level)) level--;
+  while (level > PG_LEVEL_4K && !lpageAllowed(kvm, slot, fault.gfn, level)) level--;
   fault.reqLevel = level;
   if (level === PG_LEVEL_4K) return;
   fault.goalLevel = level;
@@ -206,12 +206,16 @@ function hugepageAdjust(kvm: Kvm, fault: KvmPageFault, slot: KvmMemorySlot, hva:
   fault.pfn -= fault.pfn % n;
 }
 
-/** lpage_info: the huge page lies inside the slot and gfn and hva agree in alignment. */
-function lpageAllowed(slot: KvmMemorySlot, gfn: number, level: number): boolean {
+/**
+ * lpage_info: the huge page lies inside the slot, gfn and hva agree in
+ * alignment, and no gfn inside it is write-tracked (kvm_mmu_gfn_disallow_lpage).
+ */
+function lpageAllowed(kvm: Kvm, slot: KvmMemorySlot, gfn: number, level: number): boolean {
   const n = pagesPerHpage(level);
   const base = gfn - (gfn % n);
   if (base < slot.base_gfn || base + n > slot.base_gfn + slot.npages) return false;
-  return (slot.base_gfn - slot.userspace_addr / 4096) % n === 0;
+  if ((slot.base_gfn - slot.userspace_addr / 4096) % n !== 0) return false;
+  return !kvm.anyWriteTracked(base, base + n);
 }
 
 /** page_fault_can_be_fast. */

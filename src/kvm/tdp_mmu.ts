@@ -99,6 +99,8 @@ export interface TdpMmuVm {
   readonly maxGfn: number;
   /** The memslots generation cached in MMIO SPTEs. */
   memslotsGeneration(): bigint;
+  /** kvm_gfn_is_write_tracked: the gfn's guest page table is shadowed, so KVM must see every write. */
+  isWriteTracked(gfn: number): boolean;
   /** kvm_flush_remote_tlbs; the range variant falls back to it on VMX/SVM without Hyper-V. */
   flushRemoteTlbs(): void;
 }
@@ -121,6 +123,8 @@ export class TdpMmuStats {
 
 type Program<T> = Generator<unknown, T, undefined>;
 
+const NONPRESENT_LO = lo32(SHADOW_NONPRESENT_VALUE);
+const NONPRESENT_HI = hi32(SHADOW_NONPRESENT_VALUE);
 const FROZEN_LO = lo32(FROZEN_SPTE);
 const FROZEN_HI = hi32(FROZEN_SPTE);
 
@@ -151,8 +155,13 @@ export class TdpMmu {
     return this.sps.size;
   }
 
+  /**
+   * tdp_mmu_alloc_sp: the table comes from the vCPU's shadow-page cache,
+   * whose pages start with every entry SHADOW_NONPRESENT_VALUE (6.10+).
+   */
   private allocSp(level: number, gfn: number, ptep: number, asId: number): KvmMmuPage {
     const sp = new KvmMmuPage(this.vm.pages.allocPage(), level, gfn, ptep, asId);
+    for (let i = 0; i < SPTE_ENT_PER_PAGE; i++) this.vm.mem.store64(sp.hpa + 8 * i, NONPRESENT_LO, NONPRESENT_HI);
     this.sps.set(sp.hpa, sp);
     this.stats.ptAllocated++;
     if (this.vm.events.kvm_mmu_get_page) this.vm.events.emit('kvm_mmu_get_page', { gfn: sp.gfn, level, created: true });
@@ -405,8 +414,12 @@ export class TdpMmu {
     if (fault.slot === null) {
       newSpte = makeMmioSpte(f, BigInt(it.gfn), ACC_ALL, vm.memslotsGeneration());
     } else {
-      if (fault.prefetch) {
-        const made = makeSpte(f, { level: it.level, pfn: BigInt(fault.pfn), access: ACC_ALL, hostWritable: fault.mapWritable, prefetch: true, oldSpte: old });
+      // mmu_try_to_unsync_pages refuses write access to a write-tracked gfn (the TDP MMU has no unsync pages).
+      const tracked = vm.isWriteTracked(it.gfn);
+      if (fault.prefetch || tracked) {
+        const made = makeSpte(f, {
+          level: it.level, pfn: BigInt(fault.pfn), access: ACC_ALL, hostWritable: fault.mapWritable, prefetch: fault.prefetch, oldSpte: old, unsyncRefused: tracked,
+        });
         newSpte = made.spte;
         wrprot = made.wrprot;
       } else {

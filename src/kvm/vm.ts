@@ -14,7 +14,7 @@ import { KvmMmuNotifier, MmuInvalidate } from './kvm_main.js';
 import { MmuLock, Rcu, Srcu } from './locks.js';
 import { KVM_MEM_LOG_DIRTY_PAGES, KvmMemslots, type KvmMemorySlot } from './memslots.js';
 import { KvmRmaps } from './rmap.js';
-import { kvmMmuPageFault, newFault } from './mmu.js';
+import { EFAULT, kvmMmuPageFault, newFault } from './mmu.js';
 import { TdpIter } from './tdp_iter.js';
 import { EPT_AD, EPT_NOAD, NPT, type SpteFlavour } from './spte.js';
 import { RetPf, TdpMmu, type TdpMmuVm } from './tdp_mmu.js';
@@ -64,8 +64,14 @@ export interface GuestAccess {
   readonly result: AccessResult;
   /** KVM exits taken on the way (0 when the first try succeeded). */
   exits: number;
-  /** Set when the access ended in an exit to userspace (MMIO, or a write to a read-only slot). */
-  userExit: 'mmio' | null;
+  /**
+   * How the access ended when it did not complete in the guest: 'mmio', an
+   * exit to userspace (no memslot, or a write to a read-only slot);
+   * 'emulate', KVM emulated it (a write to a write-tracked gfn,
+   * RET_PF_WRITE_PROTECTED); 'efault', KVM_RUN failed with EFAULT (no host
+   * memory behind the gfn). Null when the guest completed it.
+   */
+  userExit: 'mmio' | 'emulate' | 'efault' | null;
 }
 
 export class KvmVcpu {
@@ -97,6 +103,8 @@ export class Kvm implements TdpMmuVm {
   readonly rootLevel: number;
   readonly maxGfn: number;
   readonly opts: Required<Omit<VmOptions, 'maxPhysAddr'>>;
+  /** Write-tracked gfns (kvm_page_track, KVM_PAGE_TRACK_WRITE), of address space 0. */
+  private readonly writeTracked = new Set<number>();
   /** kvm->arch.indirect_shadow_pages: shadow pages that shadow guest tables (nested TDP). */
   indirectShadowPages = 0;
   private readonly slotRmaps = new Map<number, KvmRmaps>();
@@ -134,17 +142,21 @@ export class Kvm implements TdpMmuVm {
     this.memslots.setMemoryRegion({ slot: id, flags, guest_phys_addr: gpa, memory_size: size, userspace_addr: hva });
   }
 
-  /** Turns dirty logging on for a slot and write-protects it (kvm_mmu_slot_apply_flags without PML). */
+  /**
+   * Turns dirty logging on for a slot and write-protects it
+   * (kvm_mmu_slot_apply_flags without PML, and without eager page splitting:
+   * huge SPTEs are split by the write faults that follow).
+   */
   *enableDirtyLogging(id: number): Generator<unknown, void, undefined> {
     const slot = this.memslots.idToMemslot(0, id);
     if (slot === null) throw new RangeError(`no memslot ${id}`);
     this.memslots.setMemoryRegion({ slot: id, flags: slot.flags | KVM_MEM_LOG_DIRTY_PAGES, guest_phys_addr: slot.base_gfn * 4096, memory_size: slot.npages * 4096, userspace_addr: slot.userspace_addr });
     const neu = this.memslots.idToMemslot(0, id)!;
     yield* this.mmuLock.readLock();
-    const set = yield* this.tdpMmu.wrprotSlot(neu, 1);
+    yield* this.tdpMmu.wrprotSlot(neu, 1);
     this.mmuLock.readUnlock();
-    // Writable translations cached before this would let writes go unlogged.
-    if (set) this.flushRemoteTlbs();
+    // kvm_mmu_slot_apply_flags flushes unconditionally: cached writable translations would let writes go unlogged.
+    this.flushRemoteTlbs();
   }
 
   /**
@@ -180,6 +192,36 @@ export class Kvm implements TdpMmuVm {
         regs.asid = 1;
       }
     }
+  }
+
+  isWriteTracked(gfn: number): boolean {
+    return this.writeTracked.size !== 0 && this.writeTracked.has(gfn);
+  }
+
+  /** Whether any gfn in [start, end) is write-tracked (which disallows a huge page over it). */
+  anyWriteTracked(start: number, end: number): boolean {
+    for (const g of this.writeTracked) if (g >= start && g < end) return true;
+    return false;
+  }
+
+  /**
+   * kvm_write_track_add_gfn: track the gfn and write-protect its SPTEs
+   * (kvm_mmu_slot_gfn_write_protect under the write lock), flushing if any
+   * lost MMU-writable.
+   */
+  *writeTrackAddGfn(gfn: number): Generator<unknown, void, undefined> {
+    const slot = this.memslots.gfnToMemslot(gfn);
+    if (slot === null) throw new RangeError(`gfn 0x${gfn.toString(16)} is in no memslot`);
+    this.writeTracked.add(gfn);
+    yield* this.mmuLock.writeLock();
+    const flush = yield* this.tdpMmu.writeProtectGfn(slot, gfn, 1);
+    this.mmuLock.writeUnlock();
+    if (flush) this.flushRemoteTlbs();
+  }
+
+  /** kvm_write_track_remove_gfn. */
+  writeTrackRemoveGfn(gfn: number): void {
+    this.writeTracked.delete(gfn);
   }
 
   /** A memslot's shadow-MMU rmaps, allocated on first use (as when a shadow root is first allocated). */
@@ -253,9 +295,17 @@ export class Kvm implements TdpMmuVm {
       out.exits++;
       this.stats.exits++;
       const ret = yield* kvmMmuPageFault(this, v, r);
-      if (ret === RetPf.Emulate || ret === RetPf.WriteProtected) {
+      if (ret === RetPf.Emulate) {
         this.stats.mmioExits++;
         out.userExit = 'mmio';
+        return;
+      }
+      if (ret === RetPf.WriteProtected) {
+        out.userExit = 'emulate';
+        return;
+      }
+      if (ret === EFAULT) {
+        out.userExit = 'efault';
         return;
       }
       if (this.mem.yields) yield; // re-entering the guest is a point where others may run
