@@ -8,7 +8,9 @@
  * tables, folios, reclaim) grows behind the same methods.
  */
 import type { PhysMem } from '../hw/phys_mem.js';
-import { MMU_NOTIFIER_RANGE_BLOCKABLE, MmuNotifierEvent, MmuNotifierSubscriptions, type Program } from './mmu_notifier.js';
+import {
+  MMU_NOTIFIER_RANGE_BLOCKABLE, MmuNotifierEvent, MmuNotifierSubscriptions, ULONG_MAX, mmuNotifierRangeInit, type MmuNotifierRange, type Program,
+} from './mmu_notifier.js';
 import { PageAllocator } from './page_alloc.js';
 
 export const PAGE_SIZE = 4096;
@@ -21,7 +23,8 @@ export type HostLevel = 1 | 2 | 3;
 export interface VmArea {
   readonly start: number;
   readonly end: number;
-  readonly writable: boolean;
+  /** Changed by mprotect. */
+  writable: boolean;
   /** Page size backing the area (hugetlbfs-style when above 4K). */
   readonly level: HostLevel;
   /**
@@ -42,7 +45,7 @@ function levelBytes(level: HostLevel): number {
 }
 
 export class MmStruct {
-  readonly notifiers = new MmuNotifierSubscriptions();
+  readonly notifiers: MmuNotifierSubscriptions;
   private readonly vmas: VmArea[] = [];
   /** Host page faults taken (first touches). */
   faults = 0;
@@ -51,7 +54,9 @@ export class MmStruct {
     readonly mem: PhysMem,
     /** Frames for user memory and kernel allocations (page tables). */
     readonly pages: PageAllocator,
-  ) {}
+  ) {
+    this.notifiers = new MmuNotifierSubscriptions({ cpu: mem });
+  }
 
   /** mmap(MAP_ANONYMOUS|MAP_PRIVATE) at a fixed, aligned address. */
   mmap(start: number, length: number, opts: { writable?: boolean; level?: HostLevel } = {}): VmArea {
@@ -130,7 +135,11 @@ export class MmStruct {
   /** The order of every PTE-changing path: invalidate_range_start, clear PTEs, end; then free the pages. */
   private *zapRange(start: number, end: number, event: MmuNotifierEvent): Program<void> {
     if (start % PAGE_SIZE !== 0 || end % PAGE_SIZE !== 0 || end <= start) throw new RangeError(`zap: 0x${start.toString(16)}..0x${end.toString(16)} not page aligned`);
-    const range = { start, end, event, flags: MMU_NOTIFIER_RANGE_BLOCKABLE, owner: null };
+    yield* this.zapPtes(mmuNotifierRangeInit(event, MMU_NOTIFIER_RANGE_BLOCKABLE, start, end));
+  }
+
+  private *zapPtes(range: MmuNotifierRange): Program<void> {
+    const { start, end } = range;
     yield* this.notifiers.invalidateRangeStart(range);
     const freed: number[] = [];
     for (const vma of this.vmas) {
@@ -147,6 +156,42 @@ export class MmStruct {
     }
     yield* this.notifiers.invalidateRangeEnd(range);
     for (const pfn of freed) this.pages.freePage(pfn * PAGE_SIZE);
+  }
+
+  /**
+   * exit_mmap: mmu_notifier_release first (hlist subscribers are released
+   * and unhooked, intervals get RELEASE), then the UNMAP teardown of
+   * everything, 0..ULONG_MAX, which only intervals still inserted see.
+   */
+  *exit(): Program<void> {
+    yield* this.notifiers.release();
+    if (this.vmas.length === 0) return;
+    yield* this.zapPtes(mmuNotifierRangeInit(MmuNotifierEvent.Unmap, MMU_NOTIFIER_RANGE_BLOCKABLE, 0, ULONG_MAX));
+    this.vmas.length = 0;
+  }
+
+  /**
+   * mprotect of whole areas (change_protection): per area, one
+   * PROTECTION_VMA pair, started lazily at the first populated 1G (PUD)
+   * span and running to the end of the range; none when nothing is mapped.
+   * Read-only PTEs are not stored: hva_to_pfn checks the area's protection.
+   */
+  *mprotect(start: number, length: number, prot: { writable: boolean }): Program<void> {
+    const end = start + length;
+    if (start % PAGE_SIZE !== 0 || length % PAGE_SIZE !== 0 || length <= 0) throw new RangeError(`mprotect: 0x${start.toString(16)}+0x${length.toString(16)} not page aligned`);
+    const vmas = this.vmas.filter((v) => v.start < end && start < v.end).sort((a, b) => a.start - b.start);
+    for (const vma of vmas) {
+      if (vma.start < start || vma.end > end) throw new RangeError('mprotect: splitting an area is not modelled yet');
+      vma.writable = prot.writable;
+      const ptes = vma.ptes;
+      const first = ptes === null ? -1 : ptes.findIndex((p) => p !== 0);
+      if (first < 0) continue;
+      const addr = vma.start + first * PAGE_SIZE;
+      const from = Math.max(vma.start, addr - (addr % PUD_SIZE));
+      const range = mmuNotifierRangeInit(MmuNotifierEvent.ProtectionVma, MMU_NOTIFIER_RANGE_BLOCKABLE, from, vma.end);
+      yield* this.notifiers.invalidateRangeStart(range);
+      yield* this.notifiers.invalidateRangeEnd(range);
+    }
   }
 
   /** Test-and-clear the primary young bit and ask the secondary MMUs (ptep_clear_flush_young_notify). */
