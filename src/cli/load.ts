@@ -20,7 +20,7 @@ export function loadTrace(file: string): Trace {
   }
   try {
     const trace = parseTrace(file, text);
-    machineStep(trace); // semantic checks of the machine line
+    if (trace.commands[0].verb === 'machine') machineStep(trace); // semantic checks of the machine line
     return trace;
   } catch (e) {
     if (e instanceof TraceError) throw new UsageError(e.message);

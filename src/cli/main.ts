@@ -6,6 +6,7 @@ import { dumpCommand, type DumpOptions } from './dump.js';
 import { loadTrace, UsageError } from './load.js';
 import { LOG_LEVELS, makeLogger } from './log.js';
 import { walkCommand, type WalkOptions } from './walk.js';
+import { KVM_EVENT_NAMES } from '../kvm/events.js';
 
 const program = new Command();
 program
@@ -21,9 +22,14 @@ program
   .description('run a trace and print one line per access (JSON with --json)')
   .argument('<file>', 'trace file')
   .option('--json', 'print the JSON objects of trace-format.md')
-  .action((file: string, opts: { json?: boolean }) => {
+  .option('--events <names>', `print these KVM events (comma-separated, or 'all') of a VM-level trace, in order with the access lines`)
+  .action((file: string, opts: { json?: boolean; events?: string }) => {
     const log = makeLogger(program.opts().logLevel);
+    const events = opts.events === undefined ? undefined : eventNames(opts.events);
     const trace = loadTrace(file);
+    if (events !== undefined && trace.commands[0].verb !== 'vm') {
+      throw new UsageError(`--events: ${file} is a hardware-level trace ('machine'); KVM events come from VM-level traces ('vm')`);
+    }
     log.info({ file, commands: trace.commands.length }, 'trace loaded');
     const lines: string[] = [];
     const flush = () => {
@@ -32,6 +38,7 @@ program
     };
     const runner = new Runner(trace, {
       json: opts.json === true,
+      ...(events !== undefined ? { events } : {}),
       out: (l) => {
         lines.push(l);
         if (lines.length >= 4096) flush();
@@ -43,6 +50,19 @@ program
     for (const f of report.failures) process.stderr.write(`${file}:${f.line}: ${f.message}\n`);
     if (report.failures.length > 0) process.exitCode = 1;
   });
+
+/** The --events list: known tracepoint names, or 'all'. */
+function eventNames(list: string): string[] {
+  const names = list.split(',').map((n) => n.trim()).filter((n) => n !== '');
+  if (names.length === 1 && names[0] === 'all') return [...KVM_EVENT_NAMES];
+  for (const n of names) {
+    if (!(KVM_EVENT_NAMES as readonly string[]).includes(n)) {
+      throw new UsageError(`--events: unknown event '${n}' (expected 'all' or some of: ${KVM_EVENT_NAMES.join(', ')})`);
+    }
+  }
+  if (names.length === 0) throw new UsageError(`--events: no event named (expected 'all' or some of: ${KVM_EVENT_NAMES.join(', ')})`);
+  return names;
+}
 
 /** Print the lines of an inspector command. */
 function print(lines: string[]): void {

@@ -189,8 +189,9 @@ export class KvmMmuNotifier implements MmuNotifierOps {
     kvm.srcu.readUnlock(idx);
   }
 
-  /** kvm_age_hva_range: lockless on x86, no flush on return. */
+  /** kvm_age_hva_range: lockless on x86 since 6.15 (under mmu_lock for write before); no flush on return. */
   private *ageHvaRange(start: number, end: number, handler: GfnHandler): Program<boolean> {
-    return (yield* kvmHandleHvaRange(this.kvm, { start, end, handler, onLock: null, flushOnRet: false, lockless: true })).ret;
+    const lockless = this.kvm.flavour.kernel >= 615;
+    return (yield* kvmHandleHvaRange(this.kvm, { start, end, handler, onLock: null, flushOnRet: false, lockless })).ret;
   }
 }

@@ -139,6 +139,12 @@ export interface HostCpu {
   /** The kvm.mmio_caching module parameter (default true). */
   allowMmioCaching?: boolean;
   /**
+   * The kernel whose behaviour to model, as major*100+minor (default 617).
+   * Below 613, EPT without A/D bits has no software A/D bits; below 615,
+   * an A/D-enabled SPTE with A clear also needs an atomic update.
+   */
+  kernel?: number;
+  /**
    * Memory-encryption bits set by the vendor module through
    * kvm_mmu_set_me_spte_mask (e.g. the SME C-bit); value must be a subset of
    * mask, else both become 0. Default none.
@@ -149,6 +155,8 @@ export interface HostCpu {
 /** One flavour's shadow_* masks; the field comments name the kernel global. */
 export interface SpteFlavour {
   readonly name: 'ept-ad' | 'ept-noad' | 'npt';
+  /** Kernel baseline, major*100+minor (617 = Linux 6.17). */
+  readonly kernel: number;
   readonly tdp: 'ept' | 'npt';
   /** kvm_ad_enabled: hardware A/D bits in use (always true for NPT). */
   readonly adEnabled: boolean;
@@ -209,6 +217,7 @@ export function resetAllPteMasks(host: HostCpu = {}): SpteFlavour {
   }
   const f: MutableFlavour = {
     name: 'npt',
+    kernel: host.kernel ?? 617,
     tdp: 'npt',
     adEnabled: true,
     hasExecOnly: false,
@@ -242,7 +251,8 @@ export function resetAllPteMasks(host: HostCpu = {}): SpteFlavour {
 
 /**
  * EPT overrides applied on top of the defaults; mirrors kvm_mmu_set_ept_masks
- * (6.13+: accessed/dirty masks are bits 8/9 even without hardware A/D bits).
+ * (6.13+: accessed/dirty masks are bits 8/9 even without hardware A/D bits;
+ * before, they were 0 then).
  */
 export function setEptMasks(hasAdBits: boolean, hasExecOnly: boolean, host: HostCpu = {}): SpteFlavour {
   const f: MutableFlavour = { ...resetAllPteMasks(host) };
@@ -251,8 +261,9 @@ export function setEptMasks(hasAdBits: boolean, hasExecOnly: boolean, host: Host
   f.adEnabled = hasAdBits;
   f.hasExecOnly = hasExecOnly;
   f.userMask = VMX_EPT_READABLE_MASK;
-  f.accessedMask = VMX_EPT_ACCESS_BIT;
-  f.dirtyMask = VMX_EPT_DIRTY_BIT;
+  const softAd = hasAdBits || f.kernel >= 613;
+  f.accessedMask = softAd ? VMX_EPT_ACCESS_BIT : 0n;
+  f.dirtyMask = softAd ? VMX_EPT_DIRTY_BIT : 0n;
   f.nxMask = 0n;
   f.xMask = VMX_EPT_EXECUTABLE_MASK;
   // Suppress-#VE is part of "present" so W/X violations exit instead of raising #VE.
@@ -270,6 +281,9 @@ export function setEptMasks(hasAdBits: boolean, hasExecOnly: boolean, host: Host
  * shadow_present_mask; KVM then grants R through shadow_user_mask.
  */
 export function makeFlavour(name: SpteFlavour['name'], host: HostCpu & { hasExecOnly?: boolean } = {}): SpteFlavour {
+  if (host.kernel !== undefined && !(Number.isInteger(host.kernel) && host.kernel >= 600 && host.kernel <= 617)) {
+    throw new RangeError(`kernel ${host.kernel}: expected major*100+minor between 600 and 617`);
+  }
   if (name === 'npt') return resetAllPteMasks(host);
   return setEptMasks(name === 'ept-ad', host.hasExecOnly ?? true, host);
 }
@@ -337,8 +351,13 @@ export function isAccessTrackSpte(f: SpteFlavour, spte: bigint): boolean {
   return !spteAdEnabled(spte) && (spte & f.accTrackMask) === 0n;
 }
 
-/** Accessed bit (bit 8 EPT, bit 5 NPT) for both A/D types (6.13+); mirrors is_accessed_spte. */
+/**
+ * Accessed bit (bit 8 EPT, bit 5 NPT) for both A/D types (6.13+); mirrors
+ * is_accessed_spte. Before 6.13 an A/D-disabled SPTE was accessed when not
+ * access-tracked.
+ */
 export function isAccessedSpte(f: SpteFlavour, spte: bigint): boolean {
+  if (f.kernel < 613 && !spteAdEnabled(spte)) return !isAccessTrackSpte(f, spte);
   return (spte & f.accessedMask) !== 0n;
 }
 
@@ -348,6 +367,7 @@ export function isAccessedSpte(f: SpteFlavour, spte: bigint): boolean {
  * bits), which is what this does, for both A/D types.
  */
 export function isDirtySpte(f: SpteFlavour, spte: bigint): boolean {
+  if (f.kernel < 613 && !spteAdEnabled(spte)) return (spte & PT_WRITABLE_MASK) !== 0n; // is_dirty_spte before 6.13
   return (spte & f.dirtyMask) !== 0n;
 }
 
@@ -423,6 +443,8 @@ export function spteNeedsAtomicWrite(f: SpteFlavour, spte: bigint): boolean {
   if (!isWritablePte(spte) && isMmuWritableSpte(f, spte)) return true;
   // Lockless aging may access-track, and fast page fault may restore, any A/D-disabled SPTE.
   if (!spteAdEnabled(spte)) return true;
+  // Before 6.15 (spte_has_volatile_bits) a clear A also counted: aging ran under mmu_lock and must not lose it.
+  if (f.kernel < 615 && (spte & f.accessedMask) === 0n) return true;
   // The CPU may set D on a writable SPTE whose D is clear (A is ignored: losing age info is tolerated).
   return isWritablePte(spte) && (spte & f.dirtyMask) === 0n;
 }

@@ -19,7 +19,7 @@ import type { KvmGfnRange, KvmMemorySlot } from './memslots.js';
 import { markPageDirtyInSlot, slotDirtyLogging } from './memslots.js';
 import {
   ACC_ALL, FROZEN_SPTE, PG_LEVEL_4K, PT_PAGE_SIZE_MASK, PT_WRITABLE_MASK, SHADOW_NONPRESENT_VALUE, SPTE_ENT_PER_PAGE,
-  checkSpteWritableInvariants, isAccessAllowed, isExecutablePte, isFrozenSpte, isLastSpte, isMmioSpte,
+  checkSpteWritableInvariants, isAccessAllowed, isAccessedSpte, isExecutablePte, isWritablePte, spteAdEnabled, isFrozenSpte, isLastSpte, isMmioSpte,
   isShadowPresentPte, leafSpteChangeNeedsTlbFlush, makeMmioSpte, makeNonleafSpte, makeSpte, markSpteForAccessTrack,
   spteToPfn, type SpteFlavour,
 } from './spte.js';
@@ -99,6 +99,8 @@ export interface TdpMmuVm {
   readonly maxGfn: number;
   /** The memslots generation cached in MMIO SPTEs. */
   memslotsGeneration(): bigint;
+  /** kvm_set_pfn_dirty (kernels before 6.13): the folio is dirty, as a lost D or W would otherwise hide it. */
+  setPfnDirty(pfn: number): void;
   /** kvm_gfn_is_write_tracked: the gfn's guest page table is shadowed, so KVM must see every write. */
   isWriteTracked(gfn: number): boolean;
   /** kvm_flush_remote_tlbs; the range variant falls back to it on VMX/SVM without Hyper-V. */
@@ -552,6 +554,11 @@ export class TdpMmu {
     const mem = vm.mem;
     const accLo = this.accessedLo;
     const accHi = this.accessedHi;
+    const f = vm.flavour;
+    // Before 6.15 aging held mmu_lock for write; before 6.13 an A/D-disabled SPTE had no A bit to test.
+    const locked = f.kernel < 615;
+    const legacy = f.kernel < 613;
+    if (locked) vm.mmuLock.assertHeld('write');
     let young = false;
     const token = vm.rcu.readLock();
     try {
@@ -562,10 +569,14 @@ export class TdpMmu {
         for (tdpIterStart(it, root, PG_LEVEL_4K, range.start); it.valid && it.gfn < range.end; ) {
           const lo = it.oldLo;
           // A present leaf (bit 11; 4K or bit 7) with its accessed bit set.
-          if ((lo & 0x800) !== 0 && (it.level === PG_LEVEL_4K || (lo & 0x80) !== 0) && ((lo & accLo) | (it.oldHi & accHi)) !== 0) {
+          if (
+            (lo & 0x800) !== 0 && (it.level === PG_LEVEL_4K || (lo & 0x80) !== 0) &&
+            (legacy ? isAccessedSpte(f, it.oldSpte) : ((lo & accLo) | (it.oldHi & accHi)) !== 0)
+          ) {
             if (testOnly) return true;
             young = true; // reported young even if the update below loses a race
-            yield* this.ageSpte(it);
+            if (locked) yield* this.ageSpteLocked(it);
+            else yield* this.ageSpte(it);
           }
           if (mem.yields) yield;
           tdpIterNext(it);
@@ -575,6 +586,29 @@ export class TdpMmu {
     } finally {
       vm.rcu.readUnlock(token);
     }
+  }
+
+  /**
+   * Aging before 6.15, under mmu_lock held for write: A/D enabled, clear A
+   * (atomically only if the SPTE has volatile bits); A/D disabled, write the
+   * access-tracked value, first marking the pfn dirty if the SPTE was
+   * writable (before 6.13), since W is lost.
+   */
+  private *ageSpteLocked(it: TdpIter): Program<void> {
+    const vm = this.vm;
+    const f = vm.flavour;
+    const old = it.oldSpte;
+    let neu: bigint;
+    if (spteAdEnabled(old)) {
+      neu = old & ~f.accessedMask;
+      it.oldSpte = yield* tdpMmuClearSpteBits(f, vm.mem, it.sptep, old, f.accessedMask, it.level);
+    } else {
+      if (f.kernel < 613 && isWritablePte(old)) vm.setPfnDirty(Number(spteToPfn(old)));
+      neu = markSpteForAccessTrack(f, old);
+      it.oldSpte = yield* kvmTdpMmuWriteSpte(f, vm.mem, it.sptep, old, neu, it.level);
+    }
+    this.stats.aged++;
+    if (vm.events.kvm_tdp_mmu_spte_changed) vm.events.emit('kvm_tdp_mmu_spte_changed', { as_id: it.asId, gfn: it.gfn, level: it.level, old_spte: old, new_spte: neu });
   }
 
   /**

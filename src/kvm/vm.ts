@@ -16,7 +16,7 @@ import { KVM_MEM_LOG_DIRTY_PAGES, KvmMemslots, type KvmMemorySlot } from './mems
 import { KvmRmaps } from './rmap.js';
 import { EFAULT, kvmMmuPageFault, newFault } from './mmu.js';
 import { TdpIter } from './tdp_iter.js';
-import { EPT_AD, EPT_NOAD, NPT, type SpteFlavour } from './spte.js';
+import { EPT_AD, EPT_NOAD, NPT, makeFlavour, type SpteFlavour } from './spte.js';
 import { RetPf, TdpMmu, type TdpMmuVm } from './tdp_mmu.js';
 
 export interface VmOptions {
@@ -33,6 +33,8 @@ export interface VmOptions {
   /** Guest TLBs and paging-structure caches. Default on. */
   tlb?: boolean;
   maxPhysAddr?: number;
+  /** Kernel baseline as major*100+minor (default 617); see src/kvm/spte.ts HostCpu.kernel. */
+  kernel?: number;
 }
 
 /** Where the VMM maps guest memory; guest memory's hva is this plus the gpa. */
@@ -57,6 +59,8 @@ export class KvmStats {
   flushes = 0;
   /** Guest #PF delivered to the guest. */
   guestPf = 0;
+  /** kvm_set_pfn_dirty calls (kernels before 6.13). */
+  pfnDirtied = 0;
 }
 
 /** What a guest access ended in, as the trace sees it. */
@@ -102,7 +106,7 @@ export class Kvm implements TdpMmuVm {
   readonly vcpus: KvmVcpu[] = [];
   readonly rootLevel: number;
   readonly maxGfn: number;
-  readonly opts: Required<Omit<VmOptions, 'maxPhysAddr'>>;
+  readonly opts: Required<Omit<VmOptions, 'maxPhysAddr' | 'kernel'>>;
   /** Write-tracked gfns (kvm_page_track, KVM_PAGE_TRACK_WRITE), of address space 0. */
   private readonly writeTracked = new Set<number>();
   /** kvm->arch.indirect_shadow_pages: shadow pages that shadow guest tables (nested TDP). */
@@ -116,7 +120,9 @@ export class Kvm implements TdpMmuVm {
     this.opts = opts;
     const maxPhysAddr = options.maxPhysAddr ?? 46;
     this.machine = new Machine({ mode: opts.tdp === 'ept' ? Mode.Ept : Mode.Npt, vcpus: opts.vcpus, maxPhysAddr, tlb: opts.tlb, psc: opts.tlb });
-    this.flavour = opts.tdp === 'npt' ? NPT : opts.eptAd ? EPT_AD : EPT_NOAD;
+    this.flavour = options.kernel === undefined
+      ? opts.tdp === 'npt' ? NPT : opts.eptAd ? EPT_AD : EPT_NOAD
+      : makeFlavour(opts.tdp === 'npt' ? 'npt' : opts.eptAd ? 'ept-ad' : 'ept-noad', { kernel: options.kernel, physBits: maxPhysAddr });
     this.rootLevel = opts.tdp === 'npt' ? 4 : opts.eptLevels;
     this.maxGfn = 2 ** (maxPhysAddr - 12);
     this.pages = new PageAllocator(this.mem, HOST_POOL_BASE, 2 ** maxPhysAddr - HOST_POOL_BASE);
@@ -193,6 +199,15 @@ export class Kvm implements TdpMmuVm {
       }
     }
   }
+
+  /** kvm_set_pfn_dirty: counted here; the host mm's folio gets PG_dirty once folios exist. */
+  setPfnDirty(pfn: number): void {
+    this.stats.pfnDirtied++;
+    this.lastPfnDirtied = pfn;
+  }
+
+  /** The last pfn kvm_set_pfn_dirty named (for tests). */
+  lastPfnDirtied = -1;
 
   isWriteTracked(gfn: number): boolean {
     return this.writeTracked.size !== 0 && this.writeTracked.has(gfn);

@@ -2,6 +2,13 @@
 import { eptQualNames, npfNames, pfErrorNames } from '../hw/decode.js';
 
 export function describeResult(o: Record<string, string | number>): string {
+  const line = describeOutcome(o);
+  if (o.exits === undefined) return line;
+  // A VM-level access: the KVM exits it took, and how it left KVM_RUN.
+  return `${line}  exits=${o.exits}${o.user_exit !== undefined ? ` user_exit=${o.user_exit}` : ''}`;
+}
+
+function describeOutcome(o: Record<string, string | number>): string {
   const head = o.op === 'access' ? `${o.line}: vcpu${o.vcpu} ${String(o.kind).padEnd(5)} ${o.gva}` : `${o.line}: vcpu${o.vcpu} ${o.op}`;
   switch (o.result) {
     case 'ok':

@@ -10,6 +10,7 @@
 import Long from 'long';
 import { TraceError, type Arg, type Command, type Trace } from './ast.js';
 import { VERBS, type ArgType, type VerbSpec } from './verbs.js';
+import { checkVmTrace } from './vm_check.js';
 
 // ---------------------------------------------------------------------------
 // Numbers
@@ -193,15 +194,18 @@ interface VerbInfo {
   /** "(expected one of: a, b)" or "(VERB takes no ...)" */
   keyHint: string;
   wordHint: string;
+  /** Sub-verbs by their word (`expect spte`). */
+  sub: Map<string, VerbInfo>;
 }
 
-const VERB_INFO = new Map<string, VerbInfo>();
-for (const [name, spec] of Object.entries(VERBS)) {
+function verbInfo(name: string, spec: VerbSpec): VerbInfo {
   const keys = new Map(Object.entries(spec.keys));
   const wordGroup = new Map<string, number>();
   const groups = spec.words ?? [];
   for (let g = 0; g < groups.length; g++) for (const w of groups[g]) wordGroup.set(w, g);
-  VERB_INFO.set(name, {
+  const sub = new Map<string, VerbInfo>();
+  for (const [word, s] of Object.entries(spec.sub ?? {})) sub.set(word, verbInfo(`${name} ${word}`, s));
+  return {
     name,
     spec,
     keys,
@@ -212,8 +216,12 @@ for (const [name, spec] of Object.entries(VERBS)) {
         : `(${name} takes no key=value arguments)`,
     wordHint:
       wordGroup.size > 0 ? `(expected one of: ${[...wordGroup.keys()].join(', ')})` : `(${name} takes no bare words)`,
-  });
+    sub,
+  };
 }
+
+const VERB_INFO = new Map<string, VerbInfo>();
+for (const [name, spec] of Object.entries(VERBS)) VERB_INFO.set(name, verbInfo(name, spec));
 const VERB_HINT = `(expected one of: ${[...VERB_INFO.keys()].join(', ')})`;
 
 const DEFAULT_VCPUS = 1;
@@ -228,7 +236,9 @@ class Parser {
   readonly commands: Command[] = [];
   private vcpus = DEFAULT_VCPUS;
   private maxphyaddr = DEFAULT_MAXPHYADDR;
+  /** Line of the first command, `machine` or `vm`, and which it was. */
   private machineLine = 0;
+  private kind: 'machine' | 'vm' | null = null;
   /** A command other than machine and expect has been seen (something an expect can check). */
   private sawSubject = false;
 
@@ -242,6 +252,7 @@ class Parser {
   line(text: string, start: number, end: number, lineNo: number): void {
     let cmd: Command | undefined;
     let info: VerbInfo | undefined;
+    let subPending = false; // the next token may name a sub-verb
     let i = start;
     for (;;) {
       // skip blanks
@@ -259,13 +270,28 @@ class Parser {
         const verb = text.slice(tokStart, i);
         info = this.verb(verb, lineNo, col);
         cmd = { verb, line: lineNo, col, args: new Map(), words: new Set() };
+        subPending = info.sub.size > 0;
+      } else if (subPending) {
+        subPending = false;
+        const word = eq < 0 ? text.slice(tokStart, i) : '';
+        const sub = info.sub.get(word);
+        if (sub !== undefined) {
+          info = sub;
+          cmd.verb = sub.name;
+          continue;
+        }
+        if (info.spec.subRequired) this.fail(lineNo, col, `${info.name}: expected one of: ${[...info.sub.keys()].join(', ')}`);
+        i = tokStart; // an ordinary argument: read it again below
       } else if (eq >= 0) {
         this.keyValue(info, cmd, text, tokStart, eq, i, lineNo, col);
       } else {
         this.word(info, cmd, text.slice(tokStart, i), lineNo, col);
       }
     }
-    if (cmd !== undefined && info !== undefined) this.finish(info, cmd);
+    if (cmd !== undefined && info !== undefined) {
+      if (subPending && info.spec.subRequired) this.fail(lineNo, cmd.col, `${info.name}: expected one of: ${[...info.sub.keys()].join(', ')}`);
+      this.finish(info, cmd);
+    }
   }
 
   private verb(verb: string, line: number, col: number): VerbInfo {
@@ -299,6 +325,7 @@ class Parser {
       this.fail(line, col, `${verb}: unknown key ${q(key)} ${info.keyHint}`);
     }
     if (cmd.args.has(key)) this.fail(line, col, `${verb}: duplicate key ${q(key)}`);
+    this.scoped(info, key, line, col);
     const arg: Arg<Long | number | string> = { value: this.value(verb, key, type, value, line, col), line, col };
     cmd.args.set(key, arg);
   }
@@ -341,6 +368,7 @@ class Parser {
       this.fail(line, col, `${verb}: unknown word ${q(word)} ${info.wordHint}`);
     }
     if (cmd.words.has(word)) this.fail(line, col, `${verb}: duplicate word ${q(word)}`);
+    this.scoped(info, word, line, col);
     const groupWords = info.spec.words![group];
     if (groupWords.length > 1) {
       for (const other of groupWords) {
@@ -350,6 +378,16 @@ class Parser {
       }
     }
     cmd.words.add(word);
+  }
+
+  /** A key or word that only one kind of trace accepts. */
+  private scoped(info: VerbInfo, name: string, line: number, col: number): void {
+    const { spec } = info;
+    if (this.kind === 'machine' && spec.vmOnly?.includes(name)) {
+      this.fail(line, col, `${info.name}: ${q(name)} is only for VM-level traces (ones that start with 'vm')`);
+    }
+    const why = this.kind === 'vm' ? spec.machineOnly?.[name] : undefined;
+    if (why !== undefined) this.fail(line, col, `${info.name}: ${q(name)} is only for hardware-level traces: in a VM-level trace ${why}`);
   }
 
   /** Whole-command checks, once every argument of the line has been read. */
@@ -372,22 +410,29 @@ class Parser {
     }
 
     // Semantic checks.
-    if (verb === 'machine') {
+    if (verb === 'machine' || verb === 'vm') {
       if (this.machineLine !== 0) {
-        this.fail(line, cmd.col, `machine may appear only once (first at line ${this.machineLine})`);
+        this.fail(line, cmd.col, this.kind === verb
+          ? `${verb} may appear only once (first at line ${this.machineLine})`
+          : `${verb}: a trace is either hardware-level ('machine') or VM-level ('vm'); this one started with '${this.kind}' at line ${this.machineLine}`);
       }
       this.machineLine = line;
+      this.kind = verb;
       const vcpus = cmd.args.get('vcpus');
       if (vcpus !== undefined) this.vcpus = vcpus.value as number;
       const maxphyaddr = cmd.args.get('maxphyaddr');
       if (maxphyaddr !== undefined) this.maxphyaddr = maxphyaddr.value as number;
     } else if (this.machineLine === 0) {
-      this.fail(line, cmd.col, `expected a 'machine' command first, got '${verb}'`);
+      this.fail(line, cmd.col, `expected a 'machine' or 'vm' command first, got '${verb}'`);
+    } else if (spec.scope !== undefined && spec.scope !== this.kind) {
+      this.fail(line, cmd.col, spec.scope === 'vm'
+        ? `${verb}: only in VM-level traces (ones that start with 'vm'); this one starts with 'machine'`
+        : `${verb}: only in hardware-level traces (ones that start with 'machine'); this one starts with 'vm'`);
     } else if (verb === 'expect') {
       if (!this.sawSubject) {
         this.fail(line, cmd.col, `expect: nothing to check yet (expect must follow the command whose result it checks)`);
       }
-    } else {
+    } else if (!verb.startsWith('expect ')) {
       this.sawSubject = true;
     }
 
@@ -396,7 +441,7 @@ class Parser {
       this.fail(
         vcpu.line,
         vcpu.col,
-        `${verb}: vcpu ${vcpu.value as number} does not exist (machine has ${this.vcpus} vcpu${this.vcpus === 1 ? '' : 's'}: 0..${this.vcpus - 1})`,
+        `${verb}: vcpu ${vcpu.value as number} does not exist (${this.kind} has ${this.vcpus} vcpu${this.vcpus === 1 ? '' : 's'}: 0..${this.vcpus - 1})`,
       );
     }
 
@@ -439,7 +484,9 @@ export function parseTrace(file: string, text: string): Trace {
     pos = nl + 1;
   }
   if (p.commands.length === 0) {
-    throw new TraceError(file, 1, 1, `empty trace: expected a 'machine' command first`);
+    throw new TraceError(file, 1, 1, `empty trace: expected a 'machine' or 'vm' command first`);
   }
-  return { file, commands: p.commands };
+  const trace = { file, commands: p.commands };
+  if (trace.commands[0].verb === 'vm') checkVmTrace(trace);
+  return trace;
 }

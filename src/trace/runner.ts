@@ -8,9 +8,13 @@ import { Machine } from '../hw/machine.js';
 import { AccessResult, KIND_NAMES, OUTCOME_NAMES, Outcome, UnsupportedError } from '../hw/result.js';
 import { Mode } from '../hw/walk.js';
 import { TraceError, type Trace } from './ast.js';
+import type { EventFields } from '../kvm/events.js';
 import { describeResult } from './describe.js';
 import { hexNum, hexPair } from './hex.js';
 import { argLong, argNum, argStr, compileSteps, machineStep, Step } from './steps.js';
+import type { Kvm } from '../kvm/vm.js';
+import { eventObject, eventText } from './event_format.js';
+import { VmSession, type VmRecord } from './vm_steps.js';
 
 export interface RunOptions {
   json?: boolean;
@@ -20,6 +24,8 @@ export interface RunOptions {
   upToLine?: number;
   /** Print nothing (benchmarks, inspectors). */
   quiet?: boolean;
+  /** KVM events to print, in order with the other lines (VM-level traces; names from src/kvm/events.ts). */
+  events?: readonly string[];
 }
 
 export interface ExpectFailure {
@@ -29,6 +35,8 @@ export interface ExpectFailure {
 
 export interface RunReport {
   machine: Machine;
+  /** The VM of a VM-level trace. */
+  kvm: Kvm | null;
   failures: ExpectFailure[];
   accesses: number;
   /** The latest access or instruction result, as contract fields. */
@@ -76,26 +84,44 @@ function hi32(l: Long | undefined): number {
 
 export class Runner {
   readonly machine: Machine;
+  /** The VM session of a VM-level trace (first command `vm`), else null. */
+  readonly vm: VmSession | null;
   readonly failures: ExpectFailure[] = [];
   accesses = 0;
   private lastStep: Step | null = null;
   private lastOp = '';
   private lastIsAccess = false;
   private readonly lastRes = new AccessResult();
+  /** VM accesses: exits taken and the user exit; VM verbs with a result: their whole record. */
+  private lastExits = -1;
+  private lastUserExit: string | null = null;
+  private lastRecord: VmRecord | null = null;
+  /** Line of the command running, for events. */
+  private line = 0;
   private readonly quiet: boolean;
   private readonly steps: Step[];
   private readonly emit: (line: string) => void;
 
   constructor(readonly trace: Trace, readonly opts: RunOptions = {}) {
-    const m = machineStep(trace);
-    this.machine = new Machine({
-      mode: m.mode, vcpus: m.vcpus, maxPhysAddr: m.maxPhysAddr, tlb: m.tlb, psc: m.psc, execOnly: m.execOnly,
-      geometry: { ...(m.tlbEntries ? { entries: m.tlbEntries } : {}), ...(m.tlbWays ? { ways: m.tlbWays } : {}) },
-    });
-    this.steps = compileSteps(trace);
     const out = opts.out ?? ((s: string) => process.stdout.write(s + '\n'));
     this.quiet = opts.quiet === true;
     this.emit = out;
+    if (trace.commands[0].verb === 'vm') {
+      const json = opts.json === true;
+      const sink = (name: string, fields: EventFields) => {
+        if (!this.quiet) this.emit(json ? JSON.stringify(eventObject(this.line, name, fields)) : eventText(this.line, name, fields));
+      };
+      this.vm = new VmSession(trace, opts.events === undefined ? null : { names: opts.events, sink });
+      this.machine = this.vm.kvm.machine;
+    } else {
+      const m = machineStep(trace);
+      this.vm = null;
+      this.machine = new Machine({
+        mode: m.mode, vcpus: m.vcpus, maxPhysAddr: m.maxPhysAddr, tlb: m.tlb, psc: m.psc, execOnly: m.execOnly,
+        geometry: { ...(m.tlbEntries ? { entries: m.tlbEntries } : {}), ...(m.tlbWays ? { ways: m.tlbWays } : {}) },
+      });
+    }
+    this.steps = compileSteps(trace);
   }
 
   run(): RunReport {
@@ -109,14 +135,24 @@ export class Runner {
         throw e;
       }
     }
-    return { machine: this.machine, failures: this.failures, accesses: this.accesses, last: this.lastFields() };
+    const last = this.lastFields();
+    return { machine: this.machine, kvm: this.vm?.kvm ?? null, failures: this.failures, accesses: this.accesses, last: last as Record<string, string | number> | null };
   }
 
   private step(s: Step): void {
     const m = this.machine;
     const c = s.cmd;
+    this.line = s.line;
     switch (s.verb) {
       case 'access': {
+        if (this.vm !== null) {
+          const g = this.vm.access(s);
+          this.lastExits = g.exits;
+          this.lastUserExit = g.userExit;
+          this.accesses++;
+          this.record(s, 'access', g.result, true);
+          return;
+        }
         const r = m.access(s.vcpu, s.laHi, s.laLo, s.kind, s.size, s.implicit);
         this.accesses++;
         this.record(s, 'access', r, true);
@@ -174,8 +210,24 @@ export class Runner {
       case 'expect_mem':
         this.expectMem(s);
         return;
-      default:
-        throw new Error(`assertion: verb '${s.verb}' passed validation but has no runner`);
+      case 'expect spte':
+        for (const f of this.vm!.expectSpte(c)) this.fail(s.line, f);
+        return;
+      case 'expect counter':
+        for (const f of this.vm!.expectCounter(c)) this.fail(s.line, f);
+        return;
+      case 'expect dirty':
+        for (const f of this.vm!.expectDirty(c)) this.fail(s.line, f);
+        return;
+      default: {
+        if (this.vm === null) throw new Error(`assertion: verb '${s.verb}' passed validation but has no runner`);
+        const rec = this.vm.step(s);
+        if (rec === null) return;
+        this.lastStep = s;
+        this.lastRecord = rec;
+        if (this.quiet) return;
+        this.emit(this.opts.json ? JSON.stringify(rec) : describeVmRecord(rec));
+      }
     }
   }
 
@@ -240,24 +292,31 @@ export class Runner {
 
   private record(s: Step, op: string, r: AccessResult, isAccess: boolean): void {
     this.lastStep = s;
+    this.lastRecord = null;
+    if (!isAccess) this.lastExits = -1;
     this.lastOp = op;
     this.lastIsAccess = isAccess;
     this.lastRes.copyFrom(r);
     if (this.quiet || (!isAccess && r.outcome === Outcome.Ok)) return;
-    const o = this.lastFields()!;
+    const o = this.lastFields() as Record<string, string | number>; // accesses and instructions carry no lists
     this.emit(this.opts.json ? JSON.stringify(o) : describeResult(o));
   }
 
   /** The latest access or instruction as contract fields (built only when needed). */
-  lastFields(): Record<string, string | number> | null {
+  lastFields(): VmRecord | null {
     const s = this.lastStep;
     if (s === null) return null;
+    if (this.lastRecord !== null) return this.lastRecord;
     const o: Record<string, string | number> = { line: s.line, op: this.lastOp, vcpu: s.vcpu };
     if (this.lastIsAccess) {
       o.gva = hexPair(s.laHi, s.laLo);
       o.kind = KIND_NAMES[s.kind];
     }
     accessFields(this.machine.cfg.mode, this.lastRes, o);
+    if (this.vm !== null && this.lastIsAccess) {
+      o.exits = this.lastExits;
+      if (this.lastUserExit !== null) o.user_exit = this.lastUserExit;
+    }
     return o;
   }
 
@@ -293,6 +352,20 @@ export class Runner {
     if (refs !== undefined && refs !== this.lastRes.refs) {
       this.fail(s.line, `expect refs: expected ${refs}, got ${this.lastRes.refs} (line ${last.line})`);
     }
+    const exits = argNum(c, 'exits');
+    if (exits !== undefined && exits !== last.exits) {
+      this.fail(s.line, `expect exits: expected ${exits}, got ${last.exits ?? `none (the latest command, ${last.op}, is not an access)`} (line ${last.line})`);
+    }
+    const userExit = argStr(c, 'user_exit');
+    if (userExit !== undefined && last.exits !== undefined && userExit !== (last.user_exit ?? 'none')) {
+      this.fail(s.line, `expect user_exit: expected ${userExit}, got ${last.user_exit ?? 'none'} (line ${last.line})`);
+    } else if (userExit !== undefined && last.exits === undefined) {
+      this.fail(s.line, `expect user_exit: expected ${userExit}, got none (the latest command, ${last.op}, is not an access) (line ${last.line})`);
+    }
+    const young = argNum(c, 'young');
+    if (young !== undefined && young !== last.young) {
+      this.fail(s.line, `expect young: expected ${young}, got ${last.young ?? `none (the latest command, ${last.op}, does not age)`} (line ${last.line})`);
+    }
   }
 
   private expectMem(s: Step): void {
@@ -308,6 +381,12 @@ export class Runner {
       this.fail(s.line, `expect_mem hpa=${hexNum(s.hpa)}: expected ${hexPair(want.high & mHi, want.low & mLo)}${m}, got ${hexPair(mem.hi & mHi, mem.lo & mLo)}`);
     }
   }
+}
+
+/** The readable line of a VM verb's result. */
+function describeVmRecord(r: VmRecord): string {
+  const args = Object.entries(r).filter(([k]) => k !== 'line' && k !== 'op').map(([k, v]) => `${k}=${Array.isArray(v) ? (v.length > 0 ? v.join(',') : 'none') : v}`);
+  return `${r.line}: ${r.op} ${args.join(' ')}`;
 }
 
 export function runTrace(trace: Trace, opts: RunOptions = {}): RunReport {

@@ -19,13 +19,51 @@ export interface VerbSpec {
   words?: readonly (readonly string[])[];
   /** word groups of which exactly one word must be given. */
   requiredWords?: readonly number[];
+  /** Sub-verbs named by the first bare word (`expect spte`, `guest map`), each with its own schema. */
+  sub?: Record<string, VerbSpec>;
+  /** A sub-verb must be given (`guest` alone means nothing). */
+  subRequired?: boolean;
+  /** Which traces accept the verb: hardware-level (`machine`) or VM-level (`vm`). Both when absent. */
+  scope?: 'machine' | 'vm';
+  /** Keys and words accepted only in VM-level traces. */
+  vmOnly?: readonly string[];
+  /** Keys and words accepted only in hardware-level traces, each with the reason a VM-level trace refuses it. */
+  machineOnly?: Record<string, string>;
 }
 
 const u64: ArgType = { t: 'u64' };
 const vcpu: ArgType = { t: 'int', min: 0, max: 63 };
 const bit: ArgType = { t: 'int', min: 0, max: 1 };
+const size: ArgType = { t: 'size' };
+const count: ArgType = { t: 'int', min: 0, max: 0xffffffff };
+const pageSize: ArgType = { t: 'enum', values: ['4k', '2m', '1g'] };
+const slot: ArgType = { t: 'int', min: 0, max: 0x7fff };
 
 export const RESULTS = ['ok', 'pf', 'gp', 'ept_violation', 'ept_misconfig', 'npf', 'vmfail', 'ud'] as const;
+
+/** The user exits an access in a VM can end in (KVM_EXIT_MMIO; KVM_RUN failing with -EFAULT). */
+export const USER_EXITS = ['none', 'mmio', 'efault'] as const;
+
+/**
+ * Counters `expect counter` can check: kvm->stat / vcpu->stat names where
+ * the kernel has one (docs/kvm.md lists what each counts).
+ */
+export const COUNTERS = [
+  'exits', 'pf_taken', 'pf_fixed', 'pf_spurious', 'pf_retry', 'pf_emulate', 'pf_write_protected', 'pf_fast', 'pf_guest',
+  'mmio_exits', 'remote_tlb_flush', 'pages_4k', 'pages_2m', 'pages_1g', 'pt_pages', 'pt_allocated', 'pt_freed',
+  'cmpxchg_failed', 'aged', 'age_lost', 'splits', 'host_faults',
+] as const;
+
+/** Named SPTE bits of `expect spte`, per flavour; each takes 0 or 1. */
+export const SPTE_BITS_COMMON = ['present', 'w', 'a', 'd', 'large', 'mmu_writable', 'host_writable', 'ad_disabled', 'acc_track', 'mmio'] as const;
+export const SPTE_BITS_EPT = ['r', 'x'] as const;
+export const SPTE_BITS_NPT = ['p', 'u', 'nx'] as const;
+
+const spteKeys: Record<string, ArgType> = { gfn: u64, level: { t: 'int', min: 1, max: 5 }, pfn: u64, value: u64, mask: u64 };
+for (const k of [...SPTE_BITS_COMMON, ...SPTE_BITS_EPT, ...SPTE_BITS_NPT]) spteKeys[k] = bit;
+
+const guestMapKeys = { gva: u64, gpa: u64, size, page: pageSize, flags: u64 };
+const guestMapWords = [['ro'], ['user'], ['nx'], ['global']] as const;
 
 export const VERBS: Record<string, VerbSpec> = {
   // --- trace-format.md, hardware-level verbs ---
@@ -42,6 +80,7 @@ export const VERBS: Record<string, VerbSpec> = {
       exec_only: { t: 'enum', values: ['on', 'off'] },
     },
     required: ['mode'],
+    scope: 'machine',
   },
   poke: { keys: { hpa: u64, value: u64 }, required: ['hpa', 'value'] },
   peek: { keys: { hpa: u64 }, required: ['hpa'] },
@@ -50,12 +89,14 @@ export const VERBS: Record<string, VerbSpec> = {
       vcpu, cr0: u64, cr3: u64, cr4: u64, efer: u64, cpl: { t: 'int', min: 0, max: 3 }, ac: bit,
       pkru: u64, pkrs: u64, eptp: u64, ncr3: u64, vpid: { t: 'int', min: 0, max: 0xffff }, asid: u64,
     },
+    machineOnly: { eptp: 'KVM loads the EPTP', ncr3: 'KVM loads nCR3', asid: 'KVM assigns the ASID' },
   },
   access: {
     keys: { vcpu, gva: u64, size: { t: 'int', min: 1, max: 4096 } },
     required: ['gva'],
     words: [['read', 'write', 'fetch'], ['implicit']],
     requiredWords: [0],
+    machineOnly: { implicit: 'KVM runs the guest access as an explicit one' },
   },
   invlpg: { keys: { vcpu, gva: u64 }, required: ['gva'] },
   invpcid: { keys: { vcpu, type: { t: 'int', min: 0, max: 3 }, pcid: u64, gva: u64 }, required: ['type'] },
@@ -78,9 +119,62 @@ export const VERBS: Record<string, VerbSpec> = {
       exitinfo1: u64, exitinfo2: u64,
       tlb: { t: 'enum', values: ['hit', 'miss'] },
       refs: { t: 'int', min: 0, max: 1000 },
+      exits: count,
+      user_exit: { t: 'enum', values: USER_EXITS },
+      young: bit,
     },
     words: [['no_gla']],
+    vmOnly: ['exits', 'user_exit', 'young'],
+    sub: {
+      /** The SPTE KVM keeps for a gfn, decoded per flavour (docs/kvm.md). */
+      spte: { keys: spteKeys, required: ['gfn'], scope: 'vm' },
+      /** KVM and host-mm counters. */
+      counter: { keys: Object.fromEntries(COUNTERS.map((c) => [c, count])), scope: 'vm' },
+      /** A gfn's bit in its memslot's dirty bitmap. */
+      dirty: { keys: { gfn: u64 }, required: ['gfn'], words: [['set', 'clear']], requiredWords: [0], scope: 'vm' },
+    },
   },
   /** Check the 8-byte value at hpa (under mask, default all ones). */
   expect_mem: { keys: { hpa: u64, value: u64, mask: u64 }, required: ['hpa', 'value'] },
+
+  // --- VM-level verbs (docs/kvm.md) ---
+  /** Create the VM (KVM_CREATE_VM, vCPUs, memslot 0 at gpa 0); first command of a VM-level trace. */
+  vm: {
+    keys: {
+      tdp: { t: 'enum', values: ['ept', 'npt'] },
+      ad: { t: 'enum', values: ['on', 'off'] },
+      levels: { t: 'int', min: 4, max: 5 },
+      vcpus: { t: 'int', min: 1, max: 64 },
+      memory: size,
+      host_page: pageSize,
+      tlb: { t: 'enum', values: ['on', 'off'] },
+      maxphyaddr: { t: 'int', min: 36, max: 52 },
+    },
+    required: ['tdp'],
+    scope: 'vm',
+  },
+  /** Guest software: build guest page tables in guest memory. */
+  guest: {
+    keys: {},
+    subRequired: true,
+    scope: 'vm',
+    sub: {
+      map: { keys: guestMapKeys, required: ['gva', 'gpa'], words: guestMapWords, scope: 'vm' },
+      identity: { keys: { size, page: pageSize, flags: u64 }, required: ['size'], words: guestMapWords, scope: 'vm' },
+    },
+  },
+  /** KVM_SET_USER_MEMORY_REGION: a new memslot backed by fresh anonymous memory. */
+  memslot: { keys: { slot, gpa: u64, size }, required: ['slot', 'gpa', 'size'], words: [['readonly']], scope: 'vm' },
+  /** mmu_notifier_clear_young over the guest memory's hva range (default: all slots). */
+  age: { keys: { gpa: u64, size }, scope: 'vm' },
+  /** ptep_clear_flush_young_notify, page by page: the host young bit and KVM's clear_flush_young. */
+  clear_flush_young: { keys: { gpa: u64, size }, required: ['gpa'], scope: 'vm' },
+  /** mmu_notifier_test_young at the page of gpa. */
+  test_young: { keys: { gpa: u64 }, required: ['gpa'], scope: 'vm' },
+  /** madvise(MADV_DONTNEED) on the guest memory's hva range: invalidate_range_start/end. */
+  madvise_dontneed: { keys: { gpa: u64, size }, required: ['gpa', 'size'], scope: 'vm' },
+  /** munmap of whole memslots' memory (the memslots stay). */
+  munmap: { keys: { gpa: u64, size }, required: ['gpa', 'size'], scope: 'vm' },
+  /** Dirty logging: turn it on for a slot (write-protect), or KVM_GET_DIRTY_LOG (harvest and re-protect). */
+  dirty_log: { keys: { slot }, words: [['enable', 'get']], requiredWords: [0], scope: 'vm' },
 };

@@ -196,7 +196,7 @@ describe('mmulab run: invalid input', () => {
     ['number out of range', head + 'poke hpa=0x1000 value=0x1_0000_0000_0000_0000\n', `4:17: poke: value: number '0x1_0000_0000_0000_0000' out of 64-bit range (max 0xffffffffffffffff)`],
     ['missing key', head + 'poke hpa=0x1000\n', `4:1: poke: missing required key 'value'`],
     ['vcpu out of range', head + 'access vcpu=2 gva=0x1000 read\n', `4:8: access: vcpu 2 does not exist (machine has 2 vcpus: 0..1)`],
-    ['machine not first', 'cpu cr3=0x1000\nmachine mode=native\naccess gva=0x1000 read\n', `1:1: expected a 'machine' command first, got 'cpu'`],
+    ['machine not first', 'cpu cr3=0x1000\nmachine mode=native\naccess gva=0x1000 read\n', `1:1: expected a 'machine' or 'vm' command first, got 'cpu'`],
     ['tlb set count not a power of two', 'machine mode=native tlb_entries=96 tlb_ways=4\naccess gva=0x1000 read\n', `1:21: machine: tlb_entries (96) / tlb_ways (4) must be a power of two`],
     ['tlb_ways not dividing the default entries', 'machine mode=native tlb_ways=5\naccess gva=0x1000 read\n', `1:21: machine: tlb_entries (1536) / tlb_ways (5) must be a power of two`],
   ];

@@ -276,8 +276,8 @@ describe('parseTrace: structure', () => {
 
 describe('parseTrace: errors', () => {
   it('reports an empty trace', () => {
-    expect(err('', 'e.trace')).toBe("e.trace:1:1: empty trace: expected a 'machine' command first");
-    expect(err('# only a comment\n\n   \n')).toBe("t.trace:1:1: empty trace: expected a 'machine' command first");
+    expect(err('', 'e.trace')).toBe("e.trace:1:1: empty trace: expected a 'machine' or 'vm' command first");
+    expect(err('# only a comment\n\n   \n')).toBe("t.trace:1:1: empty trace: expected a 'machine' or 'vm' command first");
   });
 
   it('reports an unknown verb with the list of verbs', () => {
@@ -296,11 +296,11 @@ describe('parseTrace: errors', () => {
   });
 
   it('requires machine first, and only once', () => {
-    expect(err('poke hpa=0 value=0\n')).toBe("t.trace:1:1: expected a 'machine' command first, got 'poke'");
+    expect(err('poke hpa=0 value=0\n')).toBe("t.trace:1:1: expected a 'machine' or 'vm' command first, got 'poke'");
     expect(err('# hdr\n\n  flush\nmachine mode=native\n')).toBe(
-      "t.trace:3:3: expected a 'machine' command first, got 'flush'",
+      "t.trace:3:3: expected a 'machine' or 'vm' command first, got 'flush'",
     );
-    expect(err('expect result=ok\n')).toBe("t.trace:1:1: expected a 'machine' command first, got 'expect'");
+    expect(err('expect result=ok\n')).toBe("t.trace:1:1: expected a 'machine' or 'vm' command first, got 'expect'");
     expect(err(M + 'flush\nmachine mode=ept\n')).toBe('t.trace:3:1: machine may appear only once (first at line 1)');
   });
 

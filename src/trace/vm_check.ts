@@ -1,0 +1,244 @@
+/**
+ * Whole-file checks of a VM-level trace (one that starts with `vm`), run by
+ * parseTrace before anything executes: the VM's configuration, the memslot
+ * layout as the trace changes it, the guest page tables `guest map` will
+ * build, host-mm ranges, and `expect` keys against the TDP flavour. Every
+ * problem is a TraceError (FILE:LINE:COL, exit 2), so that a VM-level trace
+ * that passes here runs without input errors.
+ */
+import type Long from 'long';
+import type { VmOptions } from '../kvm/vm.js';
+import { TraceError, type Command, type Trace } from './ast.js';
+import { canonical4, GuestMapError, GuestTables, pageLevelBytes, type LeafBits } from './guest_tables.js';
+import { SPTE_BITS_EPT, SPTE_BITS_NPT } from './verbs.js';
+
+/** Guest memory sits at GUEST_HVA_BASE + gpa in the VMM, which must stay below the 47-bit user address space. */
+export const GPA_LIMIT = 2 ** 47 - 4096 - 0x7f00_0000_0000;
+/** More pages than this in one `guest` command would take too long to build: use larger pages. */
+const MAX_GUEST_PAGES = 2 ** 20;
+const PAGE_LEVELS: Record<string, 1 | 2 | 3> = { '4k': 1, '2m': 2, '1g': 3 };
+
+/** A memslot as the trace lays it out. */
+export interface SlotPlan {
+  id: number;
+  gpa: number;
+  size: number;
+  readonly: boolean;
+  dirtyLog: boolean;
+  /** Line of the munmap that took its memory, or 0. */
+  unmappedAt: number;
+}
+
+/** The `vm` line as Kvm options. */
+export function vmOptions(c: Command): Required<Omit<VmOptions, 'maxPhysAddr' | 'kernel'>> & { maxPhysAddr: number } {
+  return {
+    tdp: c.args.get('tdp')!.value as 'ept' | 'npt',
+    eptAd: (c.args.get('ad')?.value ?? 'on') === 'on',
+    eptLevels: (c.args.get('levels')?.value as 4 | 5 | undefined) ?? 4,
+    vcpus: (c.args.get('vcpus')?.value as number | undefined) ?? 1,
+    memory: num(c, 'memory') ?? 64 * 1024 * 1024,
+    hostLevel: PAGE_LEVELS[(c.args.get('host_page')?.value as string | undefined) ?? '4k'],
+    tlb: (c.args.get('tlb')?.value ?? 'on') === 'on',
+    maxPhysAddr: (c.args.get('maxphyaddr')?.value as number | undefined) ?? 46,
+  };
+}
+
+/** A u64/size argument as a number, or undefined; values beyond 2^53 become Infinity so range checks catch them. */
+export function num(c: Command, key: string): number | undefined {
+  const v = c.args.get(key)?.value as Long | undefined;
+  if (v === undefined) return undefined;
+  return v.high >>> 21 !== 0 ? Infinity : v.toNumber();
+}
+
+export function leafBits(c: Command): LeafBits {
+  const f = c.args.get('flags')?.value as Long | undefined;
+  return {
+    readonly: c.words.has('ro'), user: c.words.has('user'), nx: c.words.has('nx'), global: c.words.has('global'),
+    extraLo: f?.low ?? 0, extraHi: f?.high ?? 0,
+  };
+}
+
+/** The page level and size of a `guest map` / `guest identity` command. */
+export function guestPages(c: Command): { level: 1 | 2 | 3; bytes: number; size: number } {
+  const level = PAGE_LEVELS[(c.args.get('page')?.value as string | undefined) ?? '4k'];
+  const bytes = pageLevelBytes(level);
+  return { level, bytes, size: num(c, 'size') ?? bytes };
+}
+
+function hex(n: number): string {
+  return '0x' + n.toString(16);
+}
+
+class VmChecker {
+  readonly slots: SlotPlan[] = [];
+  private readonly opts;
+  private readonly hostBytes: number;
+  private readonly physLimit: number;
+  private readonly guest: GuestTables | null = null;
+
+  constructor(readonly t: Trace) {
+    const c = t.commands[0];
+    this.opts = vmOptions(c);
+    const o = this.opts;
+    this.hostBytes = pageLevelBytes(o.hostLevel);
+    this.physLimit = Math.min(2 ** o.maxPhysAddr, GPA_LIMIT);
+    if (o.tdp === 'npt' && c.args.has('ad')) this.fail(c, 'ad', `vm: ad= is the EPT A/D switch; NPT always has accessed/dirty bits`);
+    if (o.tdp === 'npt' && c.args.has('levels')) this.fail(c, 'levels', `vm: levels= is the EPT walk length; NPT uses the host's 4-level mode`);
+    if (o.memory % this.hostBytes !== 0) this.fail(c, 'memory', `vm: memory ${hex(o.memory)} is not a multiple of the ${SIZE[o.hostLevel]} host page`);
+    if (o.memory > this.physLimit) this.fail(c, 'memory', `vm: memory ${hex(o.memory)} does not fit below ${hex(this.physLimit)}`);
+    if (o.memory > 0) {
+      this.slots.push({ id: 0, gpa: 0, size: o.memory, readonly: false, dirtyLog: false, unmappedAt: 0 });
+      this.guest = new GuestTables(o.memory, 0, (gpa) => this.tableWrite(gpa));
+    }
+  }
+
+  private fail(c: Command, key: string | null, message: string): never {
+    const a = key === null ? undefined : c.args.get(key);
+    throw new TraceError(this.t.file, c.line, a?.col ?? c.col, message);
+  }
+
+  /** The slot holding gpa, or undefined. */
+  slotAt(gpa: number): SlotPlan | undefined {
+    return this.slots.find((s) => gpa >= s.gpa && gpa < s.gpa + s.size);
+  }
+
+  private tableWrite(gpa: number): void {
+    const s = this.slotAt(gpa);
+    if (s !== undefined && s.unmappedAt !== 0) throw new GuestMapError(`the guest page-table entry at gpa ${hex(gpa)} is in memory unmapped at line ${s.unmappedAt}`);
+  }
+
+  run(): void {
+    for (let i = 1; i < this.t.commands.length; i++) this.command(this.t.commands[i]);
+  }
+
+  private command(c: Command): void {
+    switch (c.verb) {
+      case 'guest map':
+      case 'guest identity':
+        return this.guestMap(c);
+      case 'memslot':
+        return this.memslot(c);
+      case 'age':
+      case 'clear_flush_young': {
+        const gpa = num(c, 'gpa');
+        const size = num(c, 'size');
+        if (gpa === undefined && size !== undefined) this.fail(c, 'size', `${c.verb}: size= needs gpa=`);
+        if (gpa !== undefined) this.range(c, gpa, size ?? 4096, 4096);
+        return;
+      }
+      case 'test_young':
+        return this.range(c, num(c, 'gpa')!, 1, 1);
+      case 'madvise_dontneed':
+      case 'munmap':
+        return this.hostRange(c);
+      case 'dirty_log': {
+        const s = this.slot(c);
+        if (c.words.has('enable')) s.dirtyLog = true;
+        else if (!s.dirtyLog) this.fail(c, 'slot', `dirty_log get: memslot ${s.id} does not log dirty pages (no 'dirty_log enable' for it before)`);
+        return;
+      }
+      case 'expect spte':
+        return this.expectSpte(c);
+      case 'expect dirty': {
+        const gfn = num(c, 'gfn')!;
+        const s = this.slotAt(gfn * 4096);
+        if (s === undefined || !s.dirtyLog) this.fail(c, 'gfn', `expect dirty: gfn ${hex(gfn)} is not in a memslot that logs dirty pages`);
+        return;
+      }
+      default:
+        return;
+    }
+  }
+
+  private guestMap(c: Command): void {
+    const { level, bytes, size } = guestPages(c);
+    const gva = (c.args.get('gva')?.value as Long | undefined) ?? null;
+    const gpa = num(c, 'gpa') ?? 0;
+    const gvaBig = gva === null ? BigInt(gpa) : BigInt(gva.toString());
+    const name = SIZE[level];
+    if (this.guest === null) this.fail(c, null, `${c.verb}: the guest's page tables live at the top of memslot 0, and this VM has no memory (memory=0)`);
+    if (size === 0 || size % bytes !== 0) this.fail(c, 'size', `${c.verb}: size ${hex(size)} is not a multiple of the ${name} page`);
+    if (gpa % bytes !== 0) this.fail(c, 'gpa', `${c.verb}: gpa ${hex(gpa)} is not aligned to the ${name} page`);
+    if (gvaBig % BigInt(bytes) !== 0n) this.fail(c, 'gva', `${c.verb}: gva 0x${gvaBig.toString(16)} is not aligned to the ${name} page`);
+    if (gpa + size > 2 ** this.opts.maxPhysAddr) this.fail(c, 'gpa', `${c.verb}: gpa range ends beyond maxphyaddr ${this.opts.maxPhysAddr}`);
+    if (!canonical4(gvaBig) || !canonical4(gvaBig + BigInt(size) - 1n)) {
+      this.fail(c, gva === null ? 'size' : 'gva', `${c.verb}: gva range 0x${gvaBig.toString(16)}+${hex(size)} is not canonical for 4-level paging`);
+    }
+    if (size / bytes > MAX_GUEST_PAGES) this.fail(c, 'size', `${c.verb}: ${size / bytes} pages in one command is too many (at most ${MAX_GUEST_PAGES}); use larger pages`);
+    const bits = leafBits(c);
+    try {
+      for (let off = 0; off < size; off += bytes) this.guest.map(gvaBig + BigInt(off), gpa + off, level, bits, c.line);
+    } catch (e) {
+      if (e instanceof GuestMapError) this.fail(c, gva === null ? 'size' : 'gva', `${c.verb}: ${e.message}`);
+      throw e;
+    }
+  }
+
+  private memslot(c: Command): void {
+    const id = c.args.get('slot')!.value as number;
+    const gpa = num(c, 'gpa')!;
+    const size = num(c, 'size')!;
+    const old = this.slots.find((s) => s.id === id);
+    if (old !== undefined) this.fail(c, 'slot', `memslot: slot ${id} exists already (gpa ${hex(old.gpa)}, size ${hex(old.size)})`);
+    const host = SIZE[this.opts.hostLevel];
+    if (gpa % this.hostBytes !== 0) this.fail(c, 'gpa', `memslot: gpa ${hex(gpa)} is not aligned to the ${host} host page`);
+    if (size === 0 || size % this.hostBytes !== 0) this.fail(c, 'size', `memslot: size ${hex(size)} is not a non-zero multiple of the ${host} host page`);
+    if (gpa + size > this.physLimit) this.fail(c, 'size', `memslot: gpa range ends beyond ${hex(this.physLimit)}`);
+    const clash = this.slots.find((s) => gpa < s.gpa + s.size && s.gpa < gpa + size);
+    if (clash !== undefined) this.fail(c, 'gpa', `memslot: gpa range overlaps memslot ${clash.id} (gpa ${hex(clash.gpa)}, size ${hex(clash.size)})`);
+    this.slots.push({ id, gpa, size, readonly: c.words.has('readonly'), dirtyLog: false, unmappedAt: 0 });
+  }
+
+  private slot(c: Command): SlotPlan {
+    const id = (c.args.get('slot')?.value as number | undefined) ?? 0;
+    const s = this.slots.find((x) => x.id === id);
+    if (s === undefined) this.fail(c, 'slot', `${c.verb}: no memslot ${id}`);
+    return s;
+  }
+
+  /** A gpa range for aging: aligned, inside the VM's physical address space. */
+  private range(c: Command, gpa: number, size: number, align: number): void {
+    if (gpa % align !== 0) this.fail(c, 'gpa', `${c.verb}: gpa ${hex(gpa)} is not 4K aligned`);
+    if (size === 0 || size % align !== 0) this.fail(c, 'size', `${c.verb}: size ${hex(size)} is not a non-zero multiple of 4K`);
+    if (gpa + size > this.physLimit) this.fail(c, 'gpa', `${c.verb}: gpa range ends beyond ${hex(this.physLimit)}`);
+  }
+
+  /** madvise_dontneed / munmap: host-page aligned, inside one memslot whose memory is still mapped. */
+  private hostRange(c: Command): void {
+    const gpa = num(c, 'gpa')!;
+    const size = num(c, 'size')!;
+    const host = SIZE[this.opts.hostLevel];
+    if (gpa % this.hostBytes !== 0) this.fail(c, 'gpa', `${c.verb}: gpa ${hex(gpa)} is not aligned to the ${host} host page`);
+    if (size === 0 || size % this.hostBytes !== 0) this.fail(c, 'size', `${c.verb}: size ${hex(size)} is not a non-zero multiple of the ${host} host page`);
+    const s = this.slotAt(gpa);
+    if (s === undefined || gpa + size > s.gpa + s.size) this.fail(c, 'gpa', `${c.verb}: gpa range ${hex(gpa)}+${hex(size)} is not inside one memslot`);
+    if (s.unmappedAt !== 0) this.fail(c, 'gpa', `${c.verb}: memslot ${s.id}'s memory was unmapped at line ${s.unmappedAt}`);
+    if (c.verb === 'munmap') {
+      if (gpa !== s.gpa || size !== s.size) this.fail(c, 'gpa', `munmap: unmaps whole memslots only: memslot ${s.id} is gpa ${hex(s.gpa)}, size ${hex(s.size)}`);
+      s.unmappedAt = c.line;
+    }
+  }
+
+  private expectSpte(c: Command): void {
+    const ept = this.opts.tdp === 'ept';
+    const foreign: readonly string[] = ept ? SPTE_BITS_NPT : SPTE_BITS_EPT;
+    for (const k of foreign) {
+      if (c.args.has(k)) {
+        this.fail(c, k, `expect spte: '${k}' is ${ept ? 'an NPT' : 'an EPT'} bit; this VM's SPTEs are ${ept ? 'EPT (r, w, x)' : 'NPT (p, w, u, nx)'}`);
+      }
+    }
+    const gfn = num(c, 'gfn')!;
+    if (gfn >= 2 ** (this.opts.maxPhysAddr - 12)) this.fail(c, 'gfn', `expect spte: gfn ${hex(gfn)} is beyond maxphyaddr ${this.opts.maxPhysAddr}`);
+    const level = c.args.get('level')?.value as number | undefined;
+    const root = ept ? this.opts.eptLevels : 4;
+    if (level !== undefined && level > root) this.fail(c, 'level', `expect spte: level ${level} is above the ${root}-level root`);
+    if (c.args.has('mask') && !c.args.has('value')) this.fail(c, 'mask', `expect spte: mask= needs value=`);
+  }
+}
+
+const SIZE = ['', '4K', '2M', '1G'];
+
+/** Checks a VM-level trace; throws the first problem as a TraceError. */
+export function checkVmTrace(t: Trace): void {
+  new VmChecker(t).run();
+}
