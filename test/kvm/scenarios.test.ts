@@ -16,7 +16,7 @@ import { KVM_RMAP_LOCKED } from '../../src/kvm/rmap.js';
 import {
   ACC_ALL, EPT_AD, EPT_NOAD, FROZEN_SPTE, NPT, SHADOW_NONPRESENT_VALUE, generationMmioSpteMask, getMmioSpteGeneration,
   getMmioSpteGfn, isAccessTrackSpte, isAccessedSpte, isLargePte, isLastSpte, isMmioSpte, isMmuWritableSpte, isShadowPresentPte,
-  isWritablePte, leafSpteChangeNeedsTlbFlush, makeMmioSpte, makeSpte, spteNeedsAtomicWrite,
+  isWritablePte, leafSpteChangeNeedsTlbFlush, makeFlavour, makeMmioSpte, makeSpte, markSpteForAccessTrack, spteNeedsAtomicWrite,
 } from '../../src/kvm/spte.js';
 import { spteIndexOfGfn, tdpMmuSpteNeedAtomicUpdate } from '../../src/kvm/tdp_iter.js';
 import { PT_POISON, RetPf, type KvmPageFault } from '../../src/kvm/tdp_mmu.js';
@@ -721,5 +721,34 @@ describe('kvm-mmu.md section 9 scenarios', () => {
     expect(ev[3].fields).toEqual({ as_id: 0, gfn: GFN, level: 1, old_spte: SHADOW_NONPRESENT_VALUE, new_spte: E_W });
   });
 
-  it.todo('S26: pre-6.13 EPT A/D-disabled masks (no software A/D bits; aging marks the pfn dirty first) (older kernels not modelled yet)');
+  it('S26: pre-6.13 (kernel=612), EPT A/D disabled: no software A/D masks, creation sets neither bit 8 nor 9, accessed = not access-tracked', () => {
+    const old = makeFlavour('ept-noad', { kernel: 612 });
+    expect([old.accessedMask, old.dirtyMask]).toEqual([0n, 0n]);
+    const spte = makeSpte(old, { level: 1, pfn: 0x12345n, access: ACC_ALL, hostWritable: true }).spte;
+    expect(spte).toBe(0x8610_0000_1234_5877n);
+    expect(isAccessedSpte(old, spte)).toBe(true);
+    const tracked = markSpteForAccessTrack(old, spte);
+    expect(tracked).toBe(0x8750_0000_1234_5870n);
+    expect(isAccessedSpte(old, tracked)).toBe(false);
+  });
+
+  it('S26: pre-6.13 aging of a writable A/D-disabled SPTE marks the pfn dirty first, under mmu_lock held for write', () => {
+    const kvm = vmWithPage({ eptAd: false, kernel: 612 });
+    const sptep = sptepOf(kvm, GFN, 1);
+    expect(read64(kvm.mem, sptep)).toBe(0x8610_0000_1234_5877n);
+    // Aging takes mmu_lock for write before 6.15: with the lock held elsewhere it cannot start.
+    expect(() => withWriteLock(kvm, () => runProgram(kvm.notifier.clearYoung(HVA, HVA + PAGE)))).toThrow(/write_lock\(mmu_lock\) would wait forever/);
+    expect(runProgram(kvm.notifier.clearYoung(HVA, HVA + PAGE))).toBe(1);
+    expect(kvm.stats.pfnDirtied).toBe(1);
+    expect(kvm.lastPfnDirtied).toBe(PFN);
+    expect(read64(kvm.mem, sptep)).toBe(0x8750_0000_1234_5870n);
+    expect(runProgram(kvm.notifier.clearYoung(HVA, HVA + PAGE))).toBe(0);
+  });
+
+  it('S22: before 6.15 (spte_has_volatile_bits) an A/D-enabled leaf with A clear also needs an atomic update', () => {
+    const f614 = makeFlavour('ept-ad', { kernel: 614 });
+    expect(spteNeedsAtomicWrite(f614, E_W)).toBe(false);
+    expect(spteNeedsAtomicWrite(f614, E_W & ~A)).toBe(true);
+    expect(spteNeedsAtomicWrite(EPT_AD, E_W & ~A)).toBe(false);
+  });
 });
