@@ -51,7 +51,7 @@ export const USER_EXITS = ['none', 'mmio', 'efault'] as const;
 export const COUNTERS = [
   'exits', 'pf_taken', 'pf_fixed', 'pf_spurious', 'pf_retry', 'pf_emulate', 'pf_write_protected', 'pf_fast', 'pf_guest',
   'mmio_exits', 'remote_tlb_flush', 'pages_4k', 'pages_2m', 'pages_1g', 'pt_pages', 'pt_allocated', 'pt_freed',
-  'cmpxchg_failed', 'aged', 'age_lost', 'splits', 'host_faults',
+  'cmpxchg_failed', 'aged', 'age_lost', 'splits', 'host_faults', 'pfn_dirtied',
 ] as const;
 
 /** Named SPTE bits of `expect spte`, per flavour; each takes 0 or 1. */
@@ -149,6 +149,7 @@ export const VERBS: Record<string, VerbSpec> = {
       host_page: pageSize,
       tlb: { t: 'enum', values: ['on', 'off'] },
       maxphyaddr: { t: 'int', min: 36, max: 52 },
+      kernel: { t: 'enum', values: ['6.12', '6.13', '6.14', '6.15', '6.16', '6.17'] },
     },
     required: ['tdp'],
     scope: 'vm',

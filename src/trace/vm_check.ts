@@ -30,7 +30,7 @@ export interface SlotPlan {
 }
 
 /** The `vm` line as Kvm options. */
-export function vmOptions(c: Command): Required<Omit<VmOptions, 'maxPhysAddr' | 'kernel'>> & { maxPhysAddr: number } {
+export function vmOptions(c: Command): Required<VmOptions> {
   return {
     tdp: c.args.get('tdp')!.value as 'ept' | 'npt',
     eptAd: (c.args.get('ad')?.value ?? 'on') === 'on',
@@ -40,6 +40,8 @@ export function vmOptions(c: Command): Required<Omit<VmOptions, 'maxPhysAddr' | 
     hostLevel: PAGE_LEVELS[(c.args.get('host_page')?.value as string | undefined) ?? '4k'],
     tlb: (c.args.get('tlb')?.value ?? 'on') === 'on',
     maxPhysAddr: (c.args.get('maxphyaddr')?.value as number | undefined) ?? 46,
+    // `kernel=6.12` is 612: the baseline whose behaviour to model (6.17 by default).
+    kernel: Math.round(Number((c.args.get('kernel')?.value as string | undefined) ?? '6.17') * 100),
   };
 }
 

@@ -206,6 +206,7 @@ export class VmSession {
       case 'age_lost': return t.ageLost;
       case 'splits': return t.splits;
       case 'host_faults': return k.mm.faults;
+      case 'pfn_dirtied': return s.pfnDirtied;
     }
   }
 
