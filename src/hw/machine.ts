@@ -56,6 +56,8 @@ export class Machine {
   readonly mem: PhysMem;
   readonly cfg: MachineConfig;
   readonly vcpus: Vcpu[] = [];
+  /** vcpus[i].mmu, one load nearer for access(). */
+  private readonly mmus: Mmu[] = [];
 
   constructor(opts: MachineOptions) {
     const maxPhysAddr = opts.maxPhysAddr ?? 46;
@@ -69,7 +71,11 @@ export class Machine {
     };
     const geometry = { ...DEFAULT_GEOMETRY, ...opts.geometry };
     const n = opts.vcpus ?? 1;
-    for (let i = 0; i < n; i++) this.vcpus.push(new Vcpu(i, this.mem, this.cfg, geometry));
+    for (let i = 0; i < n; i++) {
+      const v = new Vcpu(i, this.mem, this.cfg, geometry);
+      this.vcpus.push(v);
+      this.mmus.push(v.mmu);
+    }
   }
 
   vcpu(id: number): Vcpu {
@@ -85,10 +91,16 @@ export class Machine {
    * AccessResult.
    */
   access(id: number, laHi: number, laLo: number, kind: AccessKind, size: number, implicit: boolean): AccessResult {
+    const mmu = this.mmus[id];
+    if ((laLo & 0xfff) + size <= 4096 && mmu.l1Hit(laHi, laLo, kind, implicit)) return mmu.res;
+    return this.accessMiss(id, laHi, laLo, kind, size, implicit);
+  }
+
+  /** access() past the L1 memo; kept apart so that the hit path stays small enough to inline. */
+  private accessMiss(id: number, laHi: number, laLo: number, kind: AccessKind, size: number, implicit: boolean): AccessResult {
     const v = this.vcpus[id];
     const mmu = v.mmu;
     const r = mmu.res;
-    if ((laLo & 0xfff) + size <= 4096 && mmu.l1Hit(laHi, laLo, kind, implicit)) return r;
     r.reset();
     const la57 = v.regs.la57;
     const lastLo = (laLo >>> 0) + size - 1;

@@ -4,8 +4,9 @@
  * lockless code), so a seeded scheduler can interleave simulated CPUs there.
  *
  * Addresses are numbers: every host physical address is below 2^52 and so
- * exact in a double. 64-bit values travel as two signed 32-bit halves; a load
- * leaves its result in `lo`/`hi` so that nothing is allocated per access.
+ * exact in a double (load64Halves also takes one as two 32-bit halves).
+ * 64-bit values travel as two signed 32-bit halves; a load leaves its result
+ * in `lo`/`hi` so that nothing is allocated per access.
  */
 
 export const enum MemOp {
@@ -23,14 +24,21 @@ export interface PreemptHook {
 }
 
 const FRAME_WORDS = 1024; // 4 KiB as 32-bit words
-const EMPTY = -1;
-/** 1/4096: multiplying by it is exact and much cheaper than dividing. */
-const INV_4K = 1 / 4096;
+const TWO32 = 4294967296;
+/** 1/2^32: multiplying by it is exact and much cheaper than dividing. */
+const INV_TWO32 = 1 / TWO32;
+/** Radix-tree nodes: 1024 entries, 10 bits of the frame number each. */
+const NODE = 1024;
+/** Frame cache: direct-mapped, FC_SIZE entries of [addr hi, addr lo & ~0xfff, word base, unused]. */
+const FC_SIZE = 4096;
+const FC_MASK = FC_SIZE - 1;
 
 /**
- * Frames live in one Int32Array arena, found through an open-addressing
- * hash of frame numbers kept in typed arrays: a load is a few typed-array
- * reads with no object in between, whatever the address.
+ * Frames live in one Int32Array arena. A 4-level radix tree over the frame
+ * number (address bits 51:42, 41:32, 31:22, 21:12) finds a frame; a
+ * direct-mapped cache in front of it makes the usual lookup one typed-array
+ * read keyed by integer parts of the address, with no float arithmetic.
+ * Frames are never freed, so a cached entry never goes stale.
  */
 export class PhysMem {
   /** Result of the last load (and the old value after cmpxchg/or/and). */
@@ -47,65 +55,75 @@ export class PhysMem {
   /** Frames allocated so far. */
   frameCount = 0;
   readonly limit: number;
+  /** Bits that must be clear in a valid address's high half: [31:M-32]. */
+  private readonly badHi: number;
 
   private words = new Int32Array(64 * FRAME_WORDS);
-  private keys = new Float64Array(256).fill(EMPTY);
-  private slots = new Int32Array(256);
-  private mask = 255;
+  /** Radix nodes; node 0 is the root. Inner entries: child offset (0 = none); leaf entries: slot + 1 (0 = none). */
+  private tree = new Int32Array(4 * NODE);
+  private nodes = 1;
+  private readonly fc = new Int32Array(FC_SIZE * 4).fill(-1);
 
   constructor(readonly maxPhysAddr: number) {
     if (!(maxPhysAddr >= 32 && maxPhysAddr <= 52)) throw new Error(`assertion: MAXPHYADDR ${maxPhysAddr} outside 32..52`);
     this.limit = 2 ** maxPhysAddr;
+    this.badHi = ~(2 ** (maxPhysAddr - 32) - 1);
   }
 
-  private static hash(fn: number): number {
-    return Math.imul(fn | 0, 0x9e3779b1) ^ ((fn * 2.3283064365386963e-10) | 0);
+  /** Word index of the frame holding the address (hi, lo), or -1 if it was never written (unless `create`). */
+  private frameBase(hi: number, lo: number, create: boolean): number {
+    const c = (((lo >>> 12) ^ hi) & FC_MASK) * 4;
+    const fc = this.fc;
+    if (fc[c] === hi && fc[c + 1] === (lo & -4096)) return fc[c + 2];
+    return this.frameBaseSlow(hi, lo, create, c);
   }
 
-  /** Word index of the frame's first word, or -1 if never written. */
-  private find(fn: number): number {
-    const keys = this.keys;
-    const mask = this.mask;
-    let h = PhysMem.hash(fn) & mask;
-    for (;;) {
-      const k = keys[h];
-      if (k === fn) return this.slots[h] * FRAME_WORDS;
-      if (k === EMPTY) return -1;
-      h = (h + 1) & mask;
+  /** Cache miss: walk the radix tree (creating the path if asked) and cache the frame found. */
+  private frameBaseSlow(hi: number, lo: number, create: boolean, c: number): number {
+    let node = this.child(0, hi >>> 10, create);
+    if (node !== 0) node = this.child(node, hi & (NODE - 1), create);
+    if (node !== 0) node = this.child(node, lo >>> 22, create);
+    if (node === 0) return -1;
+    const leaf = node + ((lo >>> 12) & (NODE - 1));
+    let slot = this.tree[leaf] - 1;
+    if (slot < 0) {
+      if (!create) return -1;
+      slot = this.allocate();
+      this.tree[leaf] = slot + 1;
     }
+    this.fc[c] = hi;
+    this.fc[c + 1] = lo & -4096;
+    this.fc[c + 2] = slot * FRAME_WORDS;
+    return slot * FRAME_WORDS;
   }
 
-  private frame(fn: number): number {
-    const at = this.find(fn);
-    return at >= 0 ? at : this.allocate(fn);
+  /** Offset of the child node at entry i of a node, or 0 if there is none (made if `create`). */
+  private child(node: number, i: number, create: boolean): number {
+    let next = this.tree[node + i];
+    if (next === 0 && create) {
+      next = this.newNode();
+      this.tree[node + i] = next;
+    }
+    return next;
   }
 
-  private allocate(fn: number): number {
+  private newNode(): number {
+    if ((this.nodes + 1) * NODE > this.tree.length) {
+      const bigger = new Int32Array(this.tree.length * 2);
+      bigger.set(this.tree);
+      this.tree = bigger;
+    }
+    return this.nodes++ * NODE;
+  }
+
+  private allocate(): number {
     const slot = this.frameCount++;
     if ((slot + 1) * FRAME_WORDS > this.words.length) {
       const bigger = new Int32Array(this.words.length * 2);
       bigger.set(this.words);
       this.words = bigger;
     }
-    if (this.frameCount * 2 > this.mask + 1) this.rehash((this.mask + 1) * 2);
-    this.insertKey(fn, slot);
-    return slot * FRAME_WORDS;
-  }
-
-  private insertKey(fn: number, slot: number): void {
-    let h = PhysMem.hash(fn) & this.mask;
-    while (this.keys[h] !== EMPTY) h = (h + 1) & this.mask;
-    this.keys[h] = fn;
-    this.slots[h] = slot;
-  }
-
-  private rehash(size: number): void {
-    const oldKeys = this.keys;
-    const oldSlots = this.slots;
-    this.keys = new Float64Array(size).fill(EMPTY);
-    this.slots = new Int32Array(size);
-    this.mask = size - 1;
-    for (let i = 0; i < oldKeys.length; i++) if (oldKeys[i] !== EMPTY) this.insertKey(oldKeys[i], oldSlots[i]);
+    return slot;
   }
 
   private check(hpa: number): void {
@@ -121,30 +139,40 @@ export class PhysMem {
   load64(hpa: number): void {
     if (this.preempt !== null) this.preempt.point(MemOp.Load, hpa);
     this.check(hpa);
-    // find(), written out: this is the hottest function of the model.
-    const fn = Math.floor(hpa * INV_4K);
-    const keys = this.keys;
-    const mask = this.mask;
-    let h = (Math.imul(fn | 0, 0x9e3779b1) ^ ((fn * 2.3283064365386963e-10) | 0)) & mask;
-    for (;;) {
-      const k = keys[h];
-      if (k === fn) break;
-      if (k === EMPTY) {
-        this.lo = 0;
-        this.hi = 0;
-        return;
-      }
-      h = (h + 1) & mask;
+    this.read((hpa * INV_TWO32) | 0, hpa | 0);
+  }
+
+  /**
+   * load64 of the address hi * 2^32 + (lo >>> 0), given as two 32-bit
+   * halves: the page walker carries addresses so, and this is its hot path.
+   */
+  load64Halves(hi: number, lo: number): void {
+    if (this.preempt !== null) this.preempt.point(MemOp.Load, hi * TWO32 + (lo >>> 0));
+    if (((hi & this.badHi) | (lo & 7)) !== 0) this.badAddress(hi * TWO32 + (lo >>> 0));
+    this.read(hi, lo);
+  }
+
+  private read(hi: number, lo: number): void {
+    const base = this.frameBase(hi, lo, false);
+    if (base < 0) {
+      this.lo = 0;
+      this.hi = 0;
+      return;
     }
-    const w = this.slots[h] * FRAME_WORDS + ((hpa & 0xff8) >>> 2);
+    const w = base + ((lo & 0xff8) >>> 2);
     this.lo = this.words[w];
     this.hi = this.words[w + 1];
+  }
+
+  /** Word index of the 8-byte value at hpa, allocating its frame. */
+  private wordOf(hpa: number): number {
+    return this.frameBase((hpa * INV_TWO32) | 0, hpa | 0, true) + ((hpa & 0xff8) >>> 2);
   }
 
   store64(hpa: number, lo: number, hi: number): void {
     if (this.preempt !== null) this.preempt.point(MemOp.Store, hpa);
     this.check(hpa);
-    const w = this.frame(Math.floor(hpa * INV_4K)) + ((hpa & 0xff8) >>> 2);
+    const w = this.wordOf(hpa);
     this.words[w] = lo;
     this.words[w + 1] = hi;
   }
@@ -156,7 +184,7 @@ export class PhysMem {
   cmpxchg64(hpa: number, expLo: number, expHi: number, newLo: number, newHi: number): boolean {
     if (this.preempt !== null) this.preempt.point(MemOp.Cmpxchg, hpa);
     this.check(hpa);
-    const w = this.frame(Math.floor(hpa * INV_4K)) + ((hpa & 0xff8) >>> 2);
+    const w = this.wordOf(hpa);
     const words = this.words;
     const lo = words[w];
     const hi = words[w + 1];
@@ -172,7 +200,7 @@ export class PhysMem {
   xchg64(hpa: number, lo: number, hi: number): void {
     if (this.preempt !== null) this.preempt.point(MemOp.Xchg, hpa);
     this.check(hpa);
-    const w = this.frame(Math.floor(hpa * INV_4K)) + ((hpa & 0xff8) >>> 2);
+    const w = this.wordOf(hpa);
     const words = this.words;
     this.lo = words[w];
     this.hi = words[w + 1];
@@ -184,7 +212,7 @@ export class PhysMem {
   or64(hpa: number, lo: number, hi: number): void {
     if (this.preempt !== null) this.preempt.point(MemOp.Or, hpa);
     this.check(hpa);
-    const w = this.frame(Math.floor(hpa * INV_4K)) + ((hpa & 0xff8) >>> 2);
+    const w = this.wordOf(hpa);
     const words = this.words;
     this.lo = words[w];
     this.hi = words[w + 1];
@@ -196,7 +224,7 @@ export class PhysMem {
   and64(hpa: number, lo: number, hi: number): void {
     if (this.preempt !== null) this.preempt.point(MemOp.And, hpa);
     this.check(hpa);
-    const w = this.frame(Math.floor(hpa * INV_4K)) + ((hpa & 0xff8) >>> 2);
+    const w = this.wordOf(hpa);
     const words = this.words;
     this.lo = words[w];
     this.hi = words[w + 1];

@@ -15,7 +15,7 @@ import { AccessKind, AccessResult, Outcome, UnsupportedError } from './result.js
 import {
   RT_DIRTY, RT_EDIRTY, RT_ER, RT_EW, RT_EX, RT_E_SHIFT, RT_PKEY_SHIFT, RT_RW, RT_US, RT_XD,
 } from './rights.js';
-import { maskHi, maskLo } from './tag_cache.js';
+import { maskHi, maskLo, TagCache } from './tag_cache.js';
 import { VcpuTlb } from './tlb.js';
 
 export const enum Mode {
@@ -84,7 +84,19 @@ const TWO32 = 4294967296;
 const INV_TWO32 = 1 / TWO32;
 const L1_SIZE = 64;
 const L1_MASK = L1_SIZE - 1;
+/**
+ * Words of an L1 entry: LA[31:12] with the allowed kinds of access in bits
+ * 5:0 (bit kind*2+implicit), LA[63:32], the registers' gen, the TLB's epoch.
+ */
+const L1_WORDS = 4;
 const MAX_RESTARTS = 1000;
+/** EPT memory types 2, 3 and 7 are reserved (SDM 28.2.3.1), as a set of bits. */
+const BAD_EPT_MEMTYPES = (1 << 2) | (1 << 3) | (1 << 7);
+
+/** The address hi * 2^32 + lo from its two 32-bit halves (lo signed or not). */
+function join(hi: number, lo: number): number {
+  return hi * TWO32 + (lo >>> 0);
+}
 
 /** Index of the level-L entry for the address (hi, lo) (SDM 4.5, fig. 4-8). */
 function indexOf(hi: number, lo: number, level: number): number {
@@ -103,29 +115,30 @@ export class Mmu {
   /** A probe reads memory only: no A/D write-back, no cache lookup or fill, no invalidation. */
   probe = false;
 
+  /** tlb.comb, one load nearer for the L1 hit path. */
+  private readonly comb: TagCache;
   /** Bits [51:M] of the high half: reserved in every present entry. */
   private readonly rsvdHi: number;
   /** Address bits [M-1:32] of the high half. */
   private readonly addrHi: number;
+  /** Values of EPT entry bits 2:0 that misconfigure a present entry, as a set of bits (see eptMisconfigured). */
+  private readonly badRwx: number;
 
   /**
    * L1 TLB: a direct-mapped memo of combined-TLB entries with the kinds of
-   * access (bit kind*2+implicit) already checked under registers of
-   * generation l1Gen and a TLB of epoch l1Epoch. It only short-cuts the TLB
-   * hit path; it has no behaviour of its own.
+   * access already checked under registers of one generation and a TLB of
+   * one epoch (see L1_WORDS); l1Addr holds the entry's page hPA and gPA. It
+   * only short-cuts the TLB hit path; it has no behaviour of its own. Packed
+   * in two arrays so that a hit is a few loads.
    */
-  private readonly l1KeyLo = new Int32Array(L1_SIZE);
-  private readonly l1KeyHi = new Int32Array(L1_SIZE);
-  private readonly l1Gen = new Int32Array(L1_SIZE).fill(-1);
-  private readonly l1Epoch = new Int32Array(L1_SIZE);
-  private readonly l1Allow = new Int32Array(L1_SIZE);
-  private readonly l1Hpa = new Float64Array(L1_SIZE);
-  private readonly l1Gpa = new Float64Array(L1_SIZE);
+  private readonly l1 = new Int32Array(L1_SIZE * L1_WORDS);
+  private readonly l1Addr = new Float64Array(L1_SIZE * 2);
 
   /** A PAE PDPTE load is in progress: its EPT exits carry no guest-linear address. */
   private pdpteLoad = false;
-  // Output of xlateGpa.
-  private xHpa = 0;
+  // Output of xlateGpa: the host address as two halves.
+  private xHi = 0;
+  private xLo = 0;
   private xRights = 0;
   /** Whether xRights came (wholly or partly) from a cache rather than memory. */
   private xCached = false;
@@ -142,7 +155,8 @@ export class Mmu {
   private readonly lvTableRt = new Int32Array(6);
   private readonly lvRights = new Int32Array(6);
   // Per-level scratch of the EPT/NPT walk, for A/D write-back and fills.
-  private readonly eEntryHpa = new Float64Array(6);
+  private readonly eAddrHi = new Int32Array(6);
+  private readonly eAddrLo = new Int32Array(6);
   private readonly eLo = new Int32Array(6);
   private readonly eHi = new Int32Array(6);
   private readonly eRights = new Int32Array(6);
@@ -153,9 +167,26 @@ export class Mmu {
     readonly cfg: MachineConfig,
     readonly tlb: VcpuTlb,
   ) {
+    this.comb = tlb.comb;
     const m = cfg.maxPhysAddr;
     this.rsvdHi = m >= 52 ? 0 : (((1 << (52 - m)) - 1) << (m - 32)) | 0;
     this.addrHi = m >= 52 ? 0xfffff : (1 << (m - 32)) - 1;
+    this.badRwx = (1 << 2) | (1 << 6) | (cfg.execOnly ? 0 : 1 << 4);
+    for (let e = 0; e < this.l1.length; e += L1_WORDS) this.l1[e + 2] = -1; // no generation yet
+  }
+
+  /**
+   * Whether the TLB is looked up and filled: it is on and this is no probe.
+   * Strict comparisons, as V8 compiles a plain truth test of a field into a
+   * generic ToBoolean, and this is asked several times a walk.
+   */
+  private cachesOn(): boolean {
+    return this.cfg.tlb === true && this.probe === false;
+  }
+
+  /** Whether the paging-structure caches are looked up and filled too. */
+  private pscOn(): boolean {
+    return this.cfg.psc === true && this.cachesOn();
   }
 
   /** Physical address in an entry, bits [M-1:shift]. */
@@ -193,10 +224,13 @@ export class Mmu {
    */
   l1Hit(laHi: number, laLo: number, kind: AccessKind, implicit: boolean): boolean {
     const j = (laLo >>> 12) & L1_MASK;
+    const e = j * L1_WORDS;
+    const l1 = this.l1;
+    const key = l1[e];
     if (
-      this.l1KeyLo[j] !== (laLo & ~0xfff) || this.l1KeyHi[j] !== laHi || this.l1Gen[j] !== this.regs.gen ||
-      this.l1Epoch[j] !== this.tlb.comb.epoch || (this.l1Allow[j] & (1 << (kind * 2 + (implicit ? 1 : 0)))) === 0 ||
-      !this.cfg.tlb || this.probe
+      ((key ^ laLo) & ~0xfff) !== 0 || (key & (1 << (kind * 2 + (implicit ? 1 : 0)))) === 0 || l1[e + 1] !== laHi ||
+      l1[e + 2] !== this.regs.gen || l1[e + 3] !== this.comb.epoch ||
+      !this.cachesOn()
     ) {
       return false;
     }
@@ -205,8 +239,8 @@ export class Mmu {
     r.outcome = Outcome.Ok;
     r.vmError = 0;
     r.refs = 0;
-    r.hpa = this.l1Hpa[j] + off;
-    r.gpa = this.l1Gpa[j] + off;
+    r.hpa = this.l1Addr[j * 2] + off;
+    r.gpa = this.l1Addr[j * 2 + 1] + off;
     r.tlbHit = true;
     return true;
   }
@@ -218,11 +252,11 @@ export class Mmu {
   translate(laHi: number, laLo: number, kind: AccessKind, implicit: boolean): void {
     const r = this.res;
     const regs = this.regs;
-    const useTlb = this.cfg.tlb && !this.probe;
+    const useTlb = this.cachesOn();
     const keyLo = laLo & ~0xfff;
     const j = (laLo >>> 12) & L1_MASK;
     const allowBit = 1 << (kind * 2 + (implicit ? 1 : 0));
-    const comb = this.tlb.comb;
+    const comb = this.comb;
     this.setContext();
     if (!regs.paging) {
       this.translateUnpaged(laLo, kind);
@@ -269,18 +303,19 @@ export class Mmu {
   /** Remember that TLB entry i allows this kind of access under the current registers. */
   private fillL1(j: number, keyLo: number, laHi: number, i: number, allowBit: number): void {
     const gen = this.regs.gen;
-    const epoch = this.tlb.comb.epoch;
-    if (this.l1KeyLo[j] === keyLo && this.l1KeyHi[j] === laHi && this.l1Gen[j] === gen && this.l1Epoch[j] === epoch) {
-      this.l1Allow[j] |= allowBit;
+    const epoch = this.comb.epoch;
+    const e = j * L1_WORDS;
+    const l1 = this.l1;
+    if ((l1[e] & ~0xfff) === keyLo && l1[e + 1] === laHi && l1[e + 2] === gen && l1[e + 3] === epoch) {
+      l1[e] |= allowBit;
       return;
     }
-    this.l1KeyLo[j] = keyLo;
-    this.l1KeyHi[j] = laHi;
-    this.l1Gen[j] = gen;
-    this.l1Epoch[j] = epoch;
-    this.l1Allow[j] = allowBit;
-    this.l1Hpa[j] = this.tlb.comb.hpa[i];
-    this.l1Gpa[j] = this.tlb.comb.gpa[i];
+    l1[e] = keyLo | allowBit;
+    l1[e + 1] = laHi;
+    l1[e + 2] = gen;
+    l1[e + 3] = epoch;
+    this.l1Addr[j * 2] = this.comb.hpa[i];
+    this.l1Addr[j * 2 + 1] = this.comb.gpa[i];
   }
 
   /** CR0.PG=0: the linear address is the (guest-)physical address. */
@@ -295,47 +330,62 @@ export class Mmu {
     }
     for (let n = 0; ; n++) {
       if (n > MAX_RESTARTS) throw new Error('assertion: page walk restarted more than 1000 times');
-      const s = this.xlateGpa(pa, kind === AccessKind.Write ? T_W : kind === AccessKind.Fetch ? T_X : T_R, true, 0, laLo);
+      const s = this.xlateGpa(0, laLo, kind === AccessKind.Write ? T_W : kind === AccessKind.Fetch ? T_X : T_R, true, 0, laLo);
       if (s === S_RESTART) continue;
       if (s === S_OK) {
         r.outcome = Outcome.Ok;
-        r.hpa = this.xHpa;
+        r.hpa = join(this.xHi, this.xLo);
         r.gpa = pa;
       }
       return;
     }
   }
 
-  /** One walk from the root (or from a paging-structure-cache hit). */
+  /**
+   * One walk from the root (or from a paging-structure-cache hit) (SDM 4.5).
+   * Addresses travel as two 32-bit halves: gPA (tgHi, tgLo) of the current
+   * table, and its hPA (thHi, thLo) when known without a second-dimension
+   * walk (native, or from a paging-structure cache).
+   */
   private walkOnce(laHi: number, laLo: number, kind: AccessKind, implicit: boolean): number {
     const r = this.res;
     const regs = this.regs;
     const mem = this.mem;
     const mode = this.cfg.mode;
+    const addrHi = this.addrHi;
     const pae = (regs.efer & EFER_LMA) === 0;
     // PAE: the PDPTE (level 3) comes from a register or, under NPT, from memory; walks below start at the PD.
     const levels = pae ? 2 : regs.la57 ? 5 : 4;
     const nxe = regs.nxe;
     const walkType = mode === Mode.Ept ? (regs.eptAd ? T_R | T_W : T_R) : T_R | T_W;
+    // The per-level scratch is only read to fill the paging-structure caches.
+    const fill = this.pscOn();
 
     let level = levels;
-    let tableGpa = this.addrOf(regs.cr3 | 0, (regs.cr3 * INV_TWO32) | 0, 12);
-    let tableHpa = mode === Mode.Native ? tableGpa : -1;
+    const cr3 = regs.cr3;
+    let tgHi = ((cr3 * INV_TWO32) | 0) & addrHi;
+    let tgLo = cr3 & ~0xfff;
+    let known = mode === Mode.Native;
+    let thHi = tgHi;
+    let thLo = tgLo;
     let tableRt = mode === Mode.Native ? RT_ER | RT_EW | RT_EX | RT_EDIRTY : 0;
     let rw = 1;
     let us = 1;
     let xd = 0;
     let pscHit = false;
 
-    if (this.cfg.psc && this.cfg.tlb && !this.probe) {
+    if (fill) {
       for (let k = 2; k <= levels; k++) {
         const c = this.tlb.gPsc[k];
         const i = c.lookup(maskHi(laHi, c.granule), maskLo(laLo, c.granule), this.cVpid, this.cPcid, this.cEp4ta);
         if (i >= 0) {
           pscHit = true;
           level = k - 1;
-          tableGpa = c.gpa[i];
-          tableHpa = c.hpa[i];
+          tgHi = (c.gpa[i] * INV_TWO32) | 0;
+          tgLo = c.gpa[i] | 0;
+          known = true;
+          thHi = (c.hpa[i] * INV_TWO32) | 0;
+          thLo = c.hpa[i] | 0;
           const rt = c.rights[i];
           rw = rt & RT_RW;
           us = (rt & RT_US) >>> 1;
@@ -349,39 +399,46 @@ export class Mmu {
       // No PDE-cache hit: find the PD through the PDPTE.
       const s = this.paePdpte(laLo, walkType, implicit, kind);
       if (s !== S_OK) return s;
-      tableGpa = this.xHpa;
-      tableHpa = mode === Mode.Native ? tableGpa : -1;
+      tgHi = this.xHi;
+      tgLo = this.xLo;
+      thHi = tgHi;
+      thLo = tgLo;
     }
     const top = level;
 
     let lo = 0;
     let hi = 0;
-    let entryGpa = 0;
-    let entryHpa = 0;
+    let egLo = 0; // entry gPA: (tgHi, egLo)
+    let ehHi = 0; // entry hPA: (ehHi, ehLo)
+    let ehLo = 0;
     let entryRt = 0;
     let entryCached = false;
     for (;;) {
-      const idx = indexOf(laHi, laLo, level);
-      entryGpa = tableGpa + idx * 8;
-      if (tableHpa >= 0) {
-        entryHpa = tableHpa + idx * 8;
+      const idx8 = indexOf(laHi, laLo, level) << 3;
+      egLo = tgLo | idx8;
+      if (known) {
+        ehHi = thHi;
+        ehLo = thLo | idx8;
         entryRt = tableRt;
         entryCached = mode !== Mode.Native;
       } else {
-        const s = this.xlateGpa(entryGpa, walkType, false, laHi, laLo);
+        const s = this.xlateGpa(tgHi, egLo, walkType, false, laHi, laLo);
         if (s !== S_OK) return s;
-        entryHpa = this.xHpa;
+        ehHi = this.xHi;
+        ehLo = this.xLo;
         entryRt = this.xRights;
         entryCached = this.xCached;
       }
-      this.lvTableGpa[level] = tableGpa;
-      this.lvTableHpa[level] = entryHpa - idx * 8;
-      this.lvTableRt[level] = entryRt;
-      mem.load64(entryHpa);
+      if (fill) {
+        this.lvTableGpa[level] = join(tgHi, tgLo);
+        this.lvTableHpa[level] = join(ehHi, ehLo) - idx8;
+        this.lvTableRt[level] = entryRt;
+      }
+      mem.load64Halves(ehHi, ehLo);
       lo = mem.lo;
       hi = mem.hi;
       r.refs++;
-      if (this.rec !== null) this.rec.ref(Dim.Guest, level, entryGpa, entryHpa, lo, hi, -1, rw | (us << 1) | (xd << 2));
+      if (this.rec !== null) this.rec.ref(Dim.Guest, level, join(tgHi, egLo), join(ehHi, ehLo), lo, hi, -1, rw | (us << 1) | (xd << 2));
       if ((lo & 1) === 0) {
         this.pageFault(laHi, laLo, this.userBit(implicit) | (kind === AccessKind.Write ? PF_W : 0) | this.fetchBit(kind));
         return S_EXIT;
@@ -397,51 +454,56 @@ export class Mmu {
       if (level === 1 || (level <= 3 && (lo & 0x80) !== 0)) break;
       // A non-leaf entry gets A as the walk moves past it (trace-format.md rule 2).
       if ((lo & 0x20) === 0) {
-        const s = this.guestSetBits(level, entryGpa, entryHpa, entryRt, entryCached, lo, hi, 0x20, laHi, laLo);
+        const s = this.guestSetBits(level, join(tgHi, egLo), join(ehHi, ehLo), entryRt, entryCached, lo, hi, 0x20, laHi, laLo);
         if (s !== S_OK) return s;
         lo |= 0x20;
       }
-      this.lvRights[level] = rw | (us << 1) | (xd << 2);
-      tableGpa = this.addrOf(lo, hi, 12);
-      tableHpa = mode === Mode.Native ? tableGpa : -1;
+      if (fill) this.lvRights[level] = rw | (us << 1) | (xd << 2);
+      tgHi = hi & addrHi;
+      tgLo = lo & ~0xfff;
+      known = mode === Mode.Native;
+      thHi = tgHi;
+      thLo = tgLo;
       level--;
     }
 
-    // Leaf: compose the final address.
+    // Leaf: compose the final address, leaf[M-1:shift] | LA[shift-1:0].
     const shift = level === 3 ? 30 : level === 2 ? 21 : 12;
-    const off = shift === 12 ? laLo & 0xfff : shift === 21 ? laLo & 0x1fffff : (laLo & 0x3fffffff) >>> 0;
-    const finalGpa = this.addrOf(lo, hi, shift) + off;
+    const offMask = level === 3 ? 0x3fffffff : level === 2 ? 0x1fffff : 0xfff;
+    const fgHi = hi & addrHi;
+    const fgLo = (lo & ~offMask) | (laLo & offMask);
     const pkey = (hi >>> 27) & 15;
     const err = this.permissionFault(rw, us, xd, pkey, kind, implicit);
     if (err !== 0) {
       this.pageFault(laHi, laLo, err);
       return S_EXIT;
     }
-    let hpa = finalGpa;
+    let hHi = fgHi;
+    let hLo = fgLo;
     let finalRt = RT_ER | RT_EW | RT_EX | RT_EDIRTY;
     if (mode !== Mode.Native) {
-      const s = this.xlateGpa(finalGpa, kind === AccessKind.Write ? T_W : kind === AccessKind.Fetch ? T_X : T_R, true, laHi, laLo);
+      const s = this.xlateGpa(fgHi, fgLo, kind === AccessKind.Write ? T_W : kind === AccessKind.Fetch ? T_X : T_R, true, laHi, laLo);
       if (s !== S_OK) return s;
-      hpa = this.xHpa;
+      hHi = this.xHi;
+      hLo = this.xLo;
       finalRt = this.xRights;
     }
     // The leaf's A/D only once the whole access succeeds (trace-format.md rule 3).
     const need = kind === AccessKind.Write ? 0x60 : 0x20;
     if ((lo & need) !== need) {
-      const s = this.guestSetBits(level, entryGpa, entryHpa, entryRt, entryCached, lo, hi, need, laHi, laLo);
+      const s = this.guestSetBits(level, join(tgHi, egLo), join(ehHi, ehLo), entryRt, entryCached, lo, hi, need, laHi, laLo);
       if (s !== S_OK) return s;
       lo |= need;
     }
     r.outcome = Outcome.Ok;
-    r.hpa = hpa;
-    r.gpa = finalGpa;
-    if (this.cfg.tlb && !this.probe) {
+    r.hpa = join(hHi, hLo);
+    r.gpa = join(fgHi, fgLo);
+    if (this.cachesOn()) {
       const dirty = (lo & 0x40) !== 0 && (finalRt & RT_EDIRTY) !== 0 ? RT_DIRTY : 0;
       const global = (lo & 0x100) !== 0 && (regs.cr4 & CR4_PGE) !== 0;
-      const hoff = hpa & 0xfff;
       this.tlb.comb.insert(
         laHi, laLo & ~0xfff, this.cVpid, this.cPcid, this.cEp4ta, global, shift,
-        hpa - hoff, finalGpa - (finalGpa & 0xfff),
+        join(hHi, hLo & ~0xfff), join(fgHi, fgLo & ~0xfff),
         rw | (us << 1) | (xd << 2) | dirty | (pkey << RT_PKEY_SHIFT) | (finalRt & (RT_ER | RT_EW | RT_EX | RT_EDIRTY)),
       );
       if (this.cfg.psc) {
@@ -458,7 +520,7 @@ export class Mmu {
   /**
    * The PAE PDPTE for the address (SDM 4.4.1): from the PDPTE registers, or
    * under NPT read on demand from guest memory (hw.md 6.5), so its faults come
-   * at walk time. On S_OK xHpa holds the page-directory address.
+   * at walk time. On S_OK xHi/xLo hold the page-directory address.
    */
   private paePdpte(laLo: number, walkType: number, implicit: boolean, kind: AccessKind): number {
     const regs = this.regs;
@@ -466,15 +528,15 @@ export class Mmu {
     let lo = regs.pdpteLo[idx];
     let hi = regs.pdpteHi[idx];
     if (this.cfg.mode === Mode.Npt) {
-      const gpa = (regs.cr3 & 0xffffffe0) >>> 0;
-      const entryGpa = gpa + idx * 8;
-      const s = this.xlateGpa(entryGpa, walkType, false, 0, laLo);
+      const entryGpa = ((regs.cr3 & 0xffffffe0) >>> 0) + idx * 8;
+      const s = this.xlateGpa(0, entryGpa | 0, walkType, false, 0, laLo);
       if (s !== S_OK) return s;
-      this.mem.load64(this.xHpa);
+      const entryHpa = join(this.xHi, this.xLo);
+      this.mem.load64(entryHpa);
       lo = this.mem.lo;
       hi = this.mem.hi;
       this.res.refs++;
-      if (this.rec !== null) this.rec.ref(Dim.Guest, 3, entryGpa, this.xHpa, lo, hi, -1, RT_RW | RT_US);
+      if (this.rec !== null) this.rec.ref(Dim.Guest, 3, entryGpa, entryHpa, lo, hi, -1, RT_RW | RT_US);
     }
     const err = this.userBit(implicit) | (kind === AccessKind.Write ? PF_W : 0) | this.fetchBit(kind);
     if ((lo & 1) === 0) {
@@ -485,7 +547,8 @@ export class Mmu {
       this.pageFault(0, laLo, err | PF_P | PF_RSVD);
       return S_EXIT;
     }
-    this.xHpa = this.addrOf(lo, hi, 12);
+    this.xHi = hi & this.addrHi;
+    this.xLo = lo & ~0xfff;
     return S_OK;
   }
 
@@ -516,13 +579,13 @@ export class Mmu {
         try {
           for (let n = 0; s === S_RESTART; n++) {
             if (n > MAX_RESTARTS) throw new Error('assertion: PDPTE load restarted more than 1000 times');
-            s = this.xlateGpa(hpa, T_R, false, 0, 0);
+            s = this.xlateGpa(0, hpa | 0, T_R, false, 0, 0);
           }
         } finally {
           this.pdpteLoad = false;
         }
         if (s !== S_OK) return false;
-        hpa = this.xHpa;
+        hpa = join(this.xHi, this.xLo);
       }
       this.mem.load64(hpa);
       lo[i] = this.mem.lo;
@@ -550,7 +613,7 @@ export class Mmu {
       const gHi = (entryGpa * INV_TWO32) | 0;
       const gLo = entryGpa | 0;
       this.tlb.dropGuestPhysical((c, i) => c.vpid[i] === this.gVpid && c.ep4ta[i] === this.cEp4ta && c.covers(i, gHi, gLo));
-      const s = this.xlateGpa(entryGpa, T_R | T_W, false, laHi, laLo);
+      const s = this.xlateGpa(gHi, gLo, T_R | T_W, false, laHi, laLo);
       if (s !== S_OK) return s;
       entryRt = this.xRights;
     }
@@ -630,7 +693,7 @@ export class Mmu {
     r.errorCode = err;
     r.laHi = laHi;
     r.laLo = laLo;
-    if (this.cfg.tlb && !this.probe) this.dropForLinear(laHi, laLo);
+    if (this.cachesOn()) this.dropForLinear(laHi, laLo);
   }
 
   /** A #PF (SDM 4.10.4.1) or EPT violation drops the TLB entry for the page and the PSC entries for the address. */
@@ -647,18 +710,20 @@ export class Mmu {
   // ---------------------------------------------------------------- dimension 2
 
   /**
-   * Translate a guest-physical address through EPT or NPT for an access of
-   * `type` (T_R/T_W/T_X bits). On S_OK, xHpa and xRights hold the result.
+   * Translate the guest-physical address (gHi, gLo) through EPT or NPT for an
+   * access of `type` (T_R/T_W/T_X bits). On S_OK, xHi/xLo and xRights hold
+   * the result.
    */
-  private xlateGpa(gpa: number, type: number, final: boolean, laHi: number, laLo: number): number {
-    if (this.cfg.tlb && !this.probe) {
+  private xlateGpa(gHi: number, gLo: number, type: number, final: boolean, laHi: number, laLo: number): number {
+    if (this.cachesOn()) {
       const c = this.tlb.gpa;
-      const gHi = (gpa * INV_TWO32) | 0;
-      const i = c.lookup(gHi, (gpa | 0) & ~0xfff, this.gVpid, 0, this.cEp4ta);
+      const i = c.lookup(gHi, gLo & ~0xfff, this.gVpid, 0, this.cEp4ta);
       if (i >= 0) {
         const rt = c.rights[i];
         if (((rt >>> RT_E_SHIFT) & type) === type && ((type & T_W) === 0 || (rt & RT_EDIRTY) !== 0)) {
-          this.xHpa = c.hpa[i] + (gpa & 0xfff);
+          const h = c.hpa[i];
+          this.xHi = (h * INV_TWO32) | 0;
+          this.xLo = (h | 0) | (gLo & 0xfff);
           this.xRights = rt;
           this.xCached = true;
           return S_OK;
@@ -666,105 +731,130 @@ export class Mmu {
       }
     }
     this.xCached = false; // set by the walk if it starts from a paging-structure-cache entry
-    return this.cfg.mode === Mode.Ept ? this.eptWalk(gpa, type, final, laHi, laLo) : this.nptWalk(gpa, type, final);
+    return this.cfg.mode === Mode.Ept ? this.eptWalk(gHi, gLo, type, final, laHi, laLo) : this.nptWalk(gHi, gLo, type, final);
   }
 
   /** EPT misconfiguration conditions of a present entry (SDM 28.2.3.1). */
   eptMisconfigured(lo: number, hi: number, level: number): boolean {
-    const rwx = lo & 7;
-    if ((rwx & 3) === 2) return true; // write without read
-    if (rwx === 4 && !this.cfg.execOnly) return true;
-    if ((hi & this.rsvdHi) !== 0) return true;
+    // Bits 2:0 that misconfigure (W without R; X only, without the capability), as a set.
+    if (((this.badRwx >>> (lo & 7)) & 1) !== 0 || (hi & this.rsvdHi) !== 0) return true;
     if (level >= 4) return (lo & 0xf8) !== 0;
     const leaf = level === 1 || (lo & 0x80) !== 0;
     if (!leaf) return (lo & 0x78) !== 0;
-    const mt = (lo >>> 3) & 7;
-    if (mt === 2 || mt === 3 || mt === 7) return true;
+    if (((BAD_EPT_MEMTYPES >>> ((lo >>> 3) & 7)) & 1) !== 0) return true;
     if (level === 3) return (lo & 0x3ffff000) !== 0;
     if (level === 2) return (lo & 0x1ff000) !== 0;
     return false;
   }
 
-  private eptWalk(gpa: number, type: number, final: boolean, laHi: number, laLo: number): number {
+  /** The EPT walk (SDM 28.2.2, 28.2.3): every entry is checked as it is read, rights and A/D once the walk completed. */
+  private eptWalk(gHi: number, gLo: number, type: number, final: boolean, laHi: number, laLo: number): number {
     const regs = this.regs;
     const mem = this.mem;
     const r = this.res;
-    const gHi = (gpa * INV_TWO32) | 0;
-    const gLo = gpa | 0;
+    const addrHi = this.addrHi;
     let level = regs.eptLevels;
-    let table = this.addrOf(regs.eptp | 0, (regs.eptp * INV_TWO32) | 0, 12);
+    const eptp = regs.eptp;
+    let tHi = ((eptp * INV_TWO32) | 0) & addrHi;
+    let tLo = eptp & ~0xfff;
     let rights = 7;
-    if (this.cfg.psc && this.cfg.tlb && !this.probe) {
+    if (this.pscOn()) {
       for (let k = 2; k <= level; k++) {
         const c = this.tlb.ePsc[k];
         const i = c.lookup(maskHi(gHi, c.granule), maskLo(gLo, c.granule), this.gVpid, 0, this.cEp4ta);
         if (i >= 0) {
           this.xCached = true;
           level = k - 1;
-          table = c.hpa[i];
+          tHi = (c.hpa[i] * INV_TWO32) | 0;
+          tLo = c.hpa[i] | 0;
           rights = (c.rights[i] >>> RT_E_SHIFT) & 7;
           break;
         }
       }
     }
     const top = level;
+    const ad = regs.eptAd;
+    const write = (type & T_W) !== 0;
+    // The per-level scratch is only read for A/D write-backs and paging-structure-cache fills.
+    const keep = this.pscOn();
+    let pending = 0; // bit k: the level-k entry needs its A (leaf: and D) set
+    const rec = this.rec;
     let lo = 0;
     let hi = 0;
+    // res.refs grows by top - level + 1 (the loads made) where the walk ends.
     for (;;) {
-      const entryHpa = table + indexOf(gHi, gLo, level) * 8;
-      mem.load64(entryHpa);
+      const aLo = tLo | (indexOf(gHi, gLo, level) << 3);
+      mem.load64Halves(tHi, aLo);
       lo = mem.lo;
       hi = mem.hi;
-      r.refs++;
-      if (this.rec !== null) this.rec.ref(Dim.Ept, level, -1, entryHpa, lo, hi, gpa, rights << RT_E_SHIFT);
+      if (rec !== null) rec.ref(Dim.Ept, level, -1, join(tHi, aLo), lo, hi, join(gHi, gLo), rights << RT_E_SHIFT);
       if ((lo & 7) === 0) {
-        this.eptViolation(gpa, type, 0, final, laHi, laLo);
+        r.refs += top - level + 1;
+        this.eptViolation(join(gHi, gLo), type, 0, final, laHi, laLo);
         return S_EXIT;
       }
       if (this.eptMisconfigured(lo, hi, level)) {
+        r.refs += top - level + 1;
         r.outcome = Outcome.EptMisconfig;
-        r.gpa = gpa;
+        r.gpa = join(gHi, gLo);
         return S_EXIT;
       }
       rights &= lo & 7;
-      this.eEntryHpa[level] = entryHpa;
-      this.eLo[level] = lo;
-      this.eHi[level] = hi;
-      this.eRights[level] = rights << RT_E_SHIFT;
-      if (level === 1 || (lo & 0x80) !== 0) break;
-      table = this.addrOf(lo, hi, 12);
+      const leaf = level === 1 || (lo & 0x80) !== 0;
+      const need = leaf && write ? 0x300 : 0x100;
+      const missing = ad && (lo & need) !== need;
+      if (keep || missing) {
+        if (missing) pending |= 1 << level;
+        this.eAddrHi[level] = tHi;
+        this.eAddrLo[level] = aLo;
+        this.eLo[level] = lo;
+        this.eHi[level] = hi;
+        this.eRights[level] = rights << RT_E_SHIFT;
+      }
+      if (leaf) break;
+      tHi = hi & addrHi;
+      tLo = lo & ~0xfff;
       level--;
     }
+    r.refs += top - level + 1;
     // Permissions are judged only once the walk completed (SDM 28.2.3.3).
     if ((rights & type) !== type) {
-      this.eptViolation(gpa, type, rights, final, laHi, laLo);
+      this.eptViolation(join(gHi, gLo), type, rights, final, laHi, laLo);
       return S_EXIT;
     }
-    const shift = level === 3 ? 30 : level === 2 ? 21 : 12;
-    const frame = this.addrOf(lo, hi, shift);
-    const off = shift === 12 ? gLo & 0xfff : shift === 21 ? gLo & 0x1fffff : (gLo & 0x3fffffff) >>> 0;
     // EPT A/D (EPTP bit 6): A in every entry used, D in the leaf for a write (SDM 28.2.4).
     let dirty = RT_EDIRTY;
-    if (regs.eptAd) {
+    if (ad) {
       for (let k = top; k >= level; k--) {
-        const need = k === level && (type & T_W) !== 0 ? 0x300 : 0x100;
+        if ((pending & (1 << k)) === 0) continue;
+        const need = k === level && write ? 0x300 : 0x100;
         const elo = this.eLo[k];
-        if ((elo & need) !== need) {
-          if (this.rec !== null) this.rec.setBits(Dim.Ept, k, this.eEntryHpa[k], elo, this.eHi[k], elo | need, this.eHi[k]);
-          if (!this.probe && !mem.cmpxchg64(this.eEntryHpa[k], elo, this.eHi[k], elo | need, this.eHi[k])) return S_RESTART;
-          this.eLo[k] = elo | need;
-        }
+        const ehi = this.eHi[k];
+        const at = join(this.eAddrHi[k], this.eAddrLo[k]);
+        if (rec !== null) rec.setBits(Dim.Ept, k, at, elo, ehi, elo | need, ehi);
+        if (!this.probe && !mem.cmpxchg64(at, elo, ehi, elo | need, ehi)) return S_RESTART;
+        this.eLo[k] = elo | need;
+        if (k === level) lo = elo | need;
       }
-      if ((this.eLo[level] & 0x200) === 0) dirty = 0;
+      if ((lo & 0x200) === 0) dirty = 0;
     }
-    this.xHpa = frame + off;
+    this.leafOutput(lo, hi, level, gLo);
     this.xRights = (rights << RT_E_SHIFT) | dirty;
-    if (this.cfg.tlb && !this.probe) this.fillGuestPhysical(gHi, gLo, top, level, shift, frame + (off - (off & 0xfff)), gpa);
+    if (this.cachesOn()) this.fillGuestPhysical(gHi, gLo, top, level);
     return S_OK;
   }
 
-  private fillGuestPhysical(gHi: number, gLo: number, top: number, leafLevel: number, shift: number, hpaFrame: number, gpa: number): void {
-    this.tlb.gpa.insert(gHi, gLo & ~0xfff, this.gVpid, 0, this.cEp4ta, false, shift, hpaFrame, gpa - (gpa & 0xfff), this.xRights);
+  /** xHi/xLo: the host address a second-dimension leaf at `level` maps the gPA (low half gLo) to. */
+  private leafOutput(lo: number, hi: number, level: number, gLo: number): void {
+    const off = level === 3 ? 0x3fffffff : level === 2 ? 0x1fffff : 0xfff;
+    this.xHi = hi & this.addrHi;
+    this.xLo = (lo & ~off) | (gLo & off);
+  }
+
+  /** Cache the finished second-dimension walk: the guest-physical mapping and the paging-structure entries above its leaf. */
+  private fillGuestPhysical(gHi: number, gLo: number, top: number, leafLevel: number): void {
+    const shift = leafLevel === 3 ? 30 : leafLevel === 2 ? 21 : 12;
+    this.tlb.gpa.insert(gHi, gLo & ~0xfff, this.gVpid, 0, this.cEp4ta, false, shift, join(this.xHi, this.xLo & ~0xfff), join(gHi, gLo & ~0xfff), this.xRights);
     if (!this.cfg.psc) return;
     for (let k = top; k > leafLevel; k--) {
       const c = this.tlb.ePsc[k];
@@ -781,7 +871,7 @@ export class Mmu {
     r.qualification = type | (rights << 3) | (r.glaValid ? EQ_GLA_VALID : 0) | (final ? EQ_TRANSLATED : 0);
     r.laHi = laHi;
     r.laLo = laLo;
-    if (this.cfg.tlb && !this.probe) {
+    if (this.cachesOn()) {
       // SDM 28.3.3.1: drop guest-physical mappings for the gPA and combined mappings for the LA.
       const gHi = (gpa * INV_TWO32) | 0;
       const gLo = gpa | 0;
@@ -796,24 +886,26 @@ export class Mmu {
    * 4-level mode with EFER.NXE=1; every access is a user access; guest
    * page-table accesses are writes.
    */
-  private nptWalk(gpa: number, type: number, final: boolean): number {
+  private nptWalk(gHi: number, gLo: number, type: number, final: boolean): number {
     const mem = this.mem;
     const r = this.res;
-    const gHi = (gpa * INV_TWO32) | 0;
-    const gLo = gpa | 0;
+    const addrHi = this.addrHi;
+    const ncr3 = this.regs.ncr3;
     let level = 4;
-    let table = this.addrOf(this.regs.ncr3 | 0, (this.regs.ncr3 * INV_TWO32) | 0, 12);
+    let tHi = ((ncr3 * INV_TWO32) | 0) & addrHi;
+    let tLo = ncr3 & ~0xfff;
     let u = 1;
     let w = 1;
     let nx = 0;
-    if (this.cfg.psc && this.cfg.tlb && !this.probe) {
+    if (this.pscOn()) {
       for (let k = 2; k <= 4; k++) {
         const c = this.tlb.ePsc[k];
         const i = c.lookup(maskHi(gHi, c.granule), maskLo(gLo, c.granule), this.gVpid, 0, 0);
         if (i >= 0) {
           this.xCached = true;
           level = k - 1;
-          table = c.hpa[i];
+          tHi = (c.hpa[i] * INV_TWO32) | 0;
+          tLo = c.hpa[i] | 0;
           const rt = c.rights[i];
           u = (rt & RT_ER) !== 0 ? 1 : 0;
           w = (rt & RT_EW) !== 0 ? 1 : 0;
@@ -823,60 +915,63 @@ export class Mmu {
       }
     }
     const top = level;
+    // The per-level scratch is only read for paging-structure-cache fills.
+    const keep = this.pscOn();
     const wr = (type & T_W) !== 0 ? PF_W : 0;
     const id = (type & T_X) !== 0 ? PF_ID : 0;
     let lo = 0;
     let hi = 0;
-    let entryHpa = 0;
+    let aLo = 0;
     for (;;) {
-      entryHpa = table + indexOf(gHi, gLo, level) * 8;
-      mem.load64(entryHpa);
+      aLo = tLo | (indexOf(gHi, gLo, level) << 3);
+      mem.load64Halves(tHi, aLo);
       lo = mem.lo;
       hi = mem.hi;
       r.refs++;
-      if (this.rec !== null) this.rec.ref(Dim.Npt, level, -1, entryHpa, lo, hi, gpa, this.nptRights(u, w, nx));
+      if (this.rec !== null) this.rec.ref(Dim.Npt, level, -1, join(tHi, aLo), lo, hi, join(gHi, gLo), this.nptRights(u, w, nx));
       if ((lo & 1) === 0) {
-        this.npf(gpa, wr | PF_U | id, final);
+        this.npf(join(gHi, gLo), wr | PF_U | id, final);
         return S_EXIT;
       }
       if (this.guestReserved(lo, hi, level, true, true)) {
-        this.npf(gpa, PF_P | wr | PF_U | PF_RSVD | id, final);
+        this.npf(join(gHi, gLo), PF_P | wr | PF_U | PF_RSVD | id, final);
         return S_EXIT;
       }
       u &= lo >>> 2;
       w &= lo >>> 1;
       nx |= hi >>> 31;
-      this.eEntryHpa[level] = entryHpa;
-      this.eLo[level] = lo;
-      this.eHi[level] = hi;
-      this.eRights[level] = this.nptRights(u, w, nx);
+      if (keep) {
+        this.eLo[level] = lo;
+        this.eHi[level] = hi;
+        this.eRights[level] = this.nptRights(u, w, nx);
+      }
       if (level === 1 || (lo & 0x80) !== 0) break;
       // Nested non-leaf A as the walk moves past the entry (trace-format.md, the modelled CPU).
       if ((lo & 0x20) === 0) {
-        if (this.rec !== null) this.rec.setBits(Dim.Npt, level, entryHpa, lo, hi, lo | 0x20, hi);
-        if (!this.probe && !mem.cmpxchg64(entryHpa, lo, hi, lo | 0x20, hi)) return S_RESTART;
+        const at = join(tHi, aLo);
+        if (this.rec !== null) this.rec.setBits(Dim.Npt, level, at, lo, hi, lo | 0x20, hi);
+        if (!this.probe && !mem.cmpxchg64(at, lo, hi, lo | 0x20, hi)) return S_RESTART;
         lo |= 0x20;
-        this.eLo[level] = lo;
+        if (keep) this.eLo[level] = lo;
       }
-      table = this.addrOf(lo, hi, 12);
+      tHi = hi & addrHi;
+      tLo = lo & ~0xfff;
       level--;
     }
     if (u === 0 || (wr !== 0 && w === 0) || (id !== 0 && nx !== 0)) {
-      this.npf(gpa, PF_P | wr | PF_U | id, final);
+      this.npf(join(gHi, gLo), PF_P | wr | PF_U | id, final);
       return S_EXIT;
     }
     const need = wr !== 0 ? 0x60 : 0x20;
     if ((lo & need) !== need) {
-      if (this.rec !== null) this.rec.setBits(Dim.Npt, level, entryHpa, lo, hi, lo | need, hi);
-      if (!this.probe && !mem.cmpxchg64(entryHpa, lo, hi, lo | need, hi)) return S_RESTART;
+      const at = join(tHi, aLo);
+      if (this.rec !== null) this.rec.setBits(Dim.Npt, level, at, lo, hi, lo | need, hi);
+      if (!this.probe && !mem.cmpxchg64(at, lo, hi, lo | need, hi)) return S_RESTART;
       lo |= need;
     }
-    const shift = level === 3 ? 30 : level === 2 ? 21 : 12;
-    const frame = this.addrOf(lo, hi, shift);
-    const off = shift === 12 ? gLo & 0xfff : shift === 21 ? gLo & 0x1fffff : (gLo & 0x3fffffff) >>> 0;
-    this.xHpa = frame + off;
+    this.leafOutput(lo, hi, level, gLo);
     this.xRights = this.nptRights(u, w, nx) | ((lo & 0x40) !== 0 ? RT_EDIRTY : 0);
-    if (this.cfg.tlb && !this.probe) this.fillGuestPhysical(gHi, gLo, top, level, shift, frame + (off - (off & 0xfff)), gpa);
+    if (this.cachesOn()) this.fillGuestPhysical(gHi, gLo, top, level);
     return S_OK;
   }
 
