@@ -26,6 +26,15 @@ export class TagCache {
   /** Packed rights, see rights.ts. */
   readonly rights: Int32Array;
   private readonly victim: Uint8Array;
+  /**
+   * Entries made from pages larger than the granule (4K fragments of 2M/1G
+   * pages) live in the set of their own 4K key but cover addresses of other
+   * sets; listing them lets an invalidation for one address look at one set
+   * plus this list instead of the whole cache.
+   */
+  private readonly largeList: Int32Array;
+  private readonly largePos: Int32Array;
+  private nLarge = 0;
   /** Entries inserted so far (statistics). */
   fills = 0;
   /** Bumped by every insert and drop: a memo of an entry (the L1 TLB) is good while this is unchanged. */
@@ -55,6 +64,22 @@ export class TagCache {
     this.gpa = new Float64Array(entries);
     this.rights = new Int32Array(entries);
     this.victim = new Uint8Array(sets);
+    this.largeList = new Int32Array(entries);
+    this.largePos = new Int32Array(entries).fill(-1);
+  }
+
+  /** Keeps entry i in the large-entry list exactly when it is valid and large. */
+  private noteLarge(i: number, large: boolean): void {
+    const at = this.largePos[i];
+    if (large && at < 0) {
+      this.largeList[this.nLarge] = i;
+      this.largePos[i] = this.nLarge++;
+    } else if (!large && at >= 0) {
+      const last = this.largeList[--this.nLarge];
+      this.largeList[at] = last;
+      this.largePos[last] = at;
+      this.largePos[i] = -1;
+    }
   }
 
   private setOf(keyHi: number, keyLo: number): number {
@@ -118,6 +143,7 @@ export class TagCache {
     this.hpa[i] = hpa;
     this.gpa[i] = gpa;
     this.rights[i] = rights;
+    this.noteLarge(i, shift > this.granule);
     this.fills++;
     this.epoch = (this.epoch + 1) | 0;
     return i;
@@ -133,6 +159,8 @@ export class TagCache {
   /** Drop every entry. */
   clear(): void {
     this.valid.fill(0);
+    this.largePos.fill(-1);
+    this.nLarge = 0;
     this.epoch = (this.epoch + 1) | 0;
   }
 
@@ -142,6 +170,36 @@ export class TagCache {
     for (let i = 0; i < this.valid.length; i++) {
       if (this.valid[i] === 1 && pred(i)) {
         this.valid[i] = 0;
+        this.noteLarge(i, false);
+        n++;
+      }
+    }
+    if (n > 0) this.epoch = (this.epoch + 1) | 0;
+    return n;
+  }
+
+  /**
+   * Drop the entries that cover the address (hi, lo) and that the predicate
+   * selects: the same entries as drop() with a covers() test, found by
+   * looking at the address's set and at the large entries only.
+   */
+  dropCovering(hi: number, lo: number, pred: (i: number) => boolean): number {
+    let n = 0;
+    const g = this.granule;
+    const base = this.setOf(maskHi(hi, g), maskLo(lo, g));
+    for (let i = base; i < base + this.ways; i++) {
+      if (this.valid[i] === 1 && this.covers(i, hi, lo) && pred(i)) {
+        this.valid[i] = 0;
+        this.noteLarge(i, false);
+        n++;
+      }
+    }
+    // Backwards: removing entry k moves the last (already visited) entry into k.
+    for (let k = this.nLarge - 1; k >= 0; k--) {
+      const i = this.largeList[k];
+      if (this.valid[i] === 1 && this.covers(i, hi, lo) && pred(i)) {
+        this.valid[i] = 0;
+        this.noteLarge(i, false);
         n++;
       }
     }

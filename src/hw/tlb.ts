@@ -62,4 +62,22 @@ export class VcpuTlb {
   dropGuestPhysical(pred: (c: TagCache, i: number) => boolean): void {
     for (const c of this.guestPhysical()) c.drop((i) => pred(c, i));
   }
+
+  /** dropLinear restricted to entries covering the linear address (hi, lo). */
+  dropLinearCovering(hi: number, lo: number, tlbPred: (c: TagCache, i: number) => boolean, pscPred: (c: TagCache, i: number) => boolean): void {
+    this.comb.dropCovering(hi, lo, (i) => tlbPred(this.comb, i));
+    for (let k = 2; k <= 5; k++) {
+      const c = this.gPsc[k];
+      c.dropCovering(hi, lo, (i) => pscPred(c, i));
+    }
+  }
+
+  /** dropGuestPhysical restricted to entries covering the guest-physical address (hi, lo). */
+  dropGuestPhysicalCovering(hi: number, lo: number, pred: (c: TagCache, i: number) => boolean): void {
+    this.gpa.dropCovering(hi, lo, (i) => pred(this.gpa, i));
+    for (let k = 2; k <= 5; k++) {
+      const c = this.ePsc[k];
+      c.dropCovering(hi, lo, (i) => pred(c, i));
+    }
+  }
 }
