@@ -1,10 +1,12 @@
 /**
- * `npm run bench`: benchmark.js over the same walker API the trace runner
- * uses (Machine.access); prints one `name=value` line per figure.
+ * `npm run bench`: benchmark.js over the same APIs the trace runner uses
+ * (Machine.access for the hardware, Kvm.access and the mmu-notifier
+ * callbacks for KVM); prints one `name=value` line per figure.
  */
 import Benchmark from 'benchmark';
 import { AccessKind, Outcome } from '../src/hw/result.js';
 import { buildWorkload, randomOffsets } from './hw_workload.js';
+import { age1mSpte, faultIn4k } from './kvm_bench.js';
 
 const BATCH = 4096;
 
@@ -51,3 +53,5 @@ function tlbhit(): void {
 
 walk2d();
 tlbhit();
+console.log(`age_1m_spte_ms=${age1mSpte().toFixed(2)}`);
+console.log(`fault_in_4k_ns=${faultIn4k().toFixed(0)}`);

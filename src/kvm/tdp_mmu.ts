@@ -576,7 +576,17 @@ export class TdpMmu {
             if (testOnly) return true;
             young = true; // reported young even if the update below loses a race
             if (locked) yield* this.ageSpteLocked(it);
-            else yield* this.ageSpte(it);
+            else if (((it.oldHi >>> 20) & 3) !== 1) {
+              // kvm_tdp_mmu_age_spte, A/D enabled: an unconditional atomic clear of A (inline: the common case).
+              if (mem.yields) yield;
+              mem.and64(it.sptep, ~accLo, ~accHi);
+              it.takeMem();
+              this.stats.aged++;
+              if (vm.events.kvm_tdp_mmu_spte_changed) {
+                const old = it.oldSpte;
+                vm.events.emit('kvm_tdp_mmu_spte_changed', { as_id: it.asId, gfn: it.gfn, level: it.level, old_spte: old, new_spte: old & ~f.accessedMask });
+              }
+            } else yield* this.ageSpteAccessTrack(it);
           }
           if (mem.yields) yield;
           tdpIterNext(it);
@@ -612,23 +622,11 @@ export class TdpMmu {
   }
 
   /**
-   * kvm_tdp_mmu_age_spte: A/D enabled, an unconditional atomic clear of A;
-   * A/D disabled, one cmpxchg to the access-tracked value, given up if it fails.
+   * kvm_tdp_mmu_age_spte, A/D disabled: one cmpxchg to the access-tracked
+   * value, given up if it fails (the SPTE is being made young or changed).
    */
-  private *ageSpte(it: TdpIter): Program<void> {
+  private *ageSpteAccessTrack(it: TdpIter): Program<void> {
     const vm = this.vm;
-    const mem = vm.mem;
-    if (((it.oldHi >>> 20) & 3) !== 1) {
-      if (mem.yields) yield;
-      mem.and64(it.sptep, ~this.accessedLo, ~this.accessedHi);
-      it.takeMem();
-      this.stats.aged++;
-      if (vm.events.kvm_tdp_mmu_spte_changed) {
-        const old = it.oldSpte;
-        vm.events.emit('kvm_tdp_mmu_spte_changed', { as_id: it.asId, gfn: it.gfn, level: it.level, old_spte: old, new_spte: old & ~vm.flavour.accessedMask });
-      }
-      return;
-    }
     const old = it.oldSpte;
     const neu = markSpteForAccessTrack(vm.flavour, old);
     if ((yield* this.setSpteAtomicRaw(it, lo32(neu), hi32(neu))) !== 0) {
