@@ -179,16 +179,17 @@ export class TagCache {
   }
 
   /**
-   * Drop the entries that cover the address (hi, lo) and that the predicate
-   * selects: the same entries as drop() with a covers() test, found by
-   * looking at the address's set and at the large entries only.
+   * Drop the entries that cover the address (hi, lo) and carry these tags
+   * (vpid or pcid -1: any; a global entry matches any PCID when
+   * `globalAnyPcid`): what a scan with covers() and the same test would drop,
+   * found by looking at the address's set and at the large entries only.
    */
-  dropCovering(hi: number, lo: number, pred: (i: number) => boolean): number {
+  dropCovering(hi: number, lo: number, vpid: number, pcid: number, ep4ta: number, globalAnyPcid: boolean): number {
     let n = 0;
     const g = this.granule;
     const base = this.setOf(maskHi(hi, g), maskLo(lo, g));
     for (let i = base; i < base + this.ways; i++) {
-      if (this.valid[i] === 1 && this.covers(i, hi, lo) && pred(i)) {
+      if (this.valid[i] === 1 && this.tagged(i, vpid, pcid, ep4ta, globalAnyPcid) && this.covers(i, hi, lo)) {
         this.valid[i] = 0;
         this.noteLarge(i, false);
         n++;
@@ -197,7 +198,7 @@ export class TagCache {
     // Backwards: removing entry k moves the last (already visited) entry into k.
     for (let k = this.nLarge - 1; k >= 0; k--) {
       const i = this.largeList[k];
-      if (this.valid[i] === 1 && this.covers(i, hi, lo) && pred(i)) {
+      if (this.valid[i] === 1 && this.tagged(i, vpid, pcid, ep4ta, globalAnyPcid) && this.covers(i, hi, lo)) {
         this.valid[i] = 0;
         this.noteLarge(i, false);
         n++;
@@ -205,6 +206,14 @@ export class TagCache {
     }
     if (n > 0) this.epoch = (this.epoch + 1) | 0;
     return n;
+  }
+
+  private tagged(i: number, vpid: number, pcid: number, ep4ta: number, globalAnyPcid: boolean): boolean {
+    return (
+      (vpid < 0 || this.vpid[i] === vpid) &&
+      this.ep4ta[i] === ep4ta &&
+      (pcid < 0 || this.pcid[i] === pcid || (globalAnyPcid && this.global[i] === 1))
+    );
   }
 
   /** Whether entry i covers the address (hi, lo) at the size it was made from. */

@@ -63,21 +63,19 @@ export class VcpuTlb {
     for (const c of this.guestPhysical()) c.drop((i) => pred(c, i));
   }
 
-  /** dropLinear restricted to entries covering the linear address (hi, lo). */
-  dropLinearCovering(hi: number, lo: number, tlbPred: (c: TagCache, i: number) => boolean, pscPred: (c: TagCache, i: number) => boolean): void {
-    this.comb.dropCovering(hi, lo, (i) => tlbPred(this.comb, i));
-    for (let k = 2; k <= 5; k++) {
-      const c = this.gPsc[k];
-      c.dropCovering(hi, lo, (i) => pscPred(c, i));
-    }
+  /**
+   * A #PF or EPT violation at a linear address: combined mappings with these
+   * tags (global ones whatever their PCID) and PSC entries with these tags
+   * that cover the address.
+   */
+  dropLinearCovering(hi: number, lo: number, vpid: number, pcid: number, ep4ta: number): void {
+    this.comb.dropCovering(hi, lo, vpid, pcid, ep4ta, true);
+    for (let k = 2; k <= 5; k++) this.gPsc[k].dropCovering(hi, lo, vpid, pcid, ep4ta, false);
   }
 
-  /** dropGuestPhysical restricted to entries covering the guest-physical address (hi, lo). */
-  dropGuestPhysicalCovering(hi: number, lo: number, pred: (c: TagCache, i: number) => boolean): void {
-    this.gpa.dropCovering(hi, lo, (i) => pred(this.gpa, i));
-    for (let k = 2; k <= 5; k++) {
-      const c = this.ePsc[k];
-      c.dropCovering(hi, lo, (i) => pred(c, i));
-    }
+  /** An EPT violation or NPF at a guest-physical address: guest-physical mappings with these tags (vpid -1: any) that cover it. */
+  dropGuestPhysicalCovering(hi: number, lo: number, vpid: number, ep4ta: number): void {
+    this.gpa.dropCovering(hi, lo, vpid, -1, ep4ta, false);
+    for (let k = 2; k <= 5; k++) this.ePsc[k].dropCovering(hi, lo, vpid, -1, ep4ta, false);
   }
 }

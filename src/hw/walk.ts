@@ -612,7 +612,7 @@ export class Mmu {
       // Cached rights deny the write-back: re-walk the second dimension from memory, as the TLB-hit path does.
       const gHi = (entryGpa * INV_TWO32) | 0;
       const gLo = entryGpa | 0;
-      this.tlb.dropGuestPhysicalCovering(gHi, gLo, (c, i) => c.vpid[i] === this.gVpid && c.ep4ta[i] === this.cEp4ta);
+      this.tlb.dropGuestPhysicalCovering(gHi, gLo, this.gVpid, this.cEp4ta);
       const s = this.xlateGpa(gHi, gLo, T_R | T_W, false, laHi, laLo);
       if (s !== S_OK) return s;
       entryRt = this.xRights;
@@ -701,11 +701,7 @@ export class Mmu {
     const vpid = this.cVpid;
     const pcid = this.cPcid;
     const ep4ta = this.cEp4ta;
-    this.tlb.dropLinearCovering(
-      laHi, laLo,
-      (c, i) => c.vpid[i] === vpid && c.ep4ta[i] === ep4ta && (c.pcid[i] === pcid || c.global[i] === 1),
-      (c, i) => c.vpid[i] === vpid && c.ep4ta[i] === ep4ta && c.pcid[i] === pcid,
-    );
+    this.tlb.dropLinearCovering(laHi, laLo, vpid, pcid, ep4ta);
   }
 
   // ---------------------------------------------------------------- dimension 2
@@ -877,7 +873,7 @@ export class Mmu {
       const gHi = (gpa * INV_TWO32) | 0;
       const gLo = gpa | 0;
       const ep4ta = this.cEp4ta;
-      this.tlb.dropGuestPhysicalCovering(gHi, gLo, (c, i) => c.ep4ta[i] === ep4ta);
+      this.tlb.dropGuestPhysicalCovering(gHi, gLo, -1, ep4ta);
       if (this.regs.paging && r.glaValid) this.dropForLinear(laHi, laLo);
     }
   }
