@@ -294,22 +294,30 @@ export class Kvm implements TdpMmuVm {
    * or needs userspace.
    */
   *access(vcpuId: number, laHi: number, laLo: number, kind: AccessKind, size: number, out: GuestAccess): Generator<unknown, void, undefined> {
+    if (!this.enter(vcpuId, laHi, laLo, kind, size, out)) yield* this.handleExits(vcpuId, laHi, laLo, kind, size, out);
+  }
+
+  /**
+   * The first entry of an access, as plain code: true when the access ended
+   * in the guest (the common case: nothing to run as a program, nothing
+   * allocated); false when it exited, the exit being in out.result for
+   * handleExits.
+   */
+  enter(vcpuId: number, laHi: number, laLo: number, kind: AccessKind, size: number, out: GuestAccess): boolean {
     const v = this.vcpu(vcpuId);
     out.exits = 0;
     out.userExit = null;
-    for (let tries = 0; ; tries++) {
+    return this.run(v, laHi, laLo, kind, size, out);
+  }
+
+  /** Handles the exit enter() left in out.result, and re-enters until the access is done. */
+  *handleExits(vcpuId: number, laHi: number, laLo: number, kind: AccessKind, size: number, out: GuestAccess): Generator<unknown, void, undefined> {
+    const v = this.vcpu(vcpuId);
+    for (let tries = 1; ; tries++) {
       if (tries > 1000) throw new Error(`assertion: access at 0x${laLo.toString(16)} still exits after ${tries} entries (livelock)`);
-      if (v.tlbFlushRequested) this.flushVcpuTlb(v);
-      const r = this.machine.access(vcpuId, laHi, laLo, kind, size, false);
-      (out as { result: AccessResult }).result = r;
-      if (r.outcome === Outcome.Ok || r.outcome === Outcome.Gp) return;
-      if (r.outcome === Outcome.Pf) {
-        this.stats.guestPf++;
-        return;
-      }
       out.exits++;
       this.stats.exits++;
-      const ret = yield* kvmMmuPageFault(this, v, r);
+      const ret = yield* kvmMmuPageFault(this, v, out.result);
       if (ret === RetPf.Emulate) {
         this.stats.mmioExits++;
         out.userExit = 'mmio';
@@ -324,6 +332,20 @@ export class Kvm implements TdpMmuVm {
         return;
       }
       if (this.mem.yields) yield; // re-entering the guest is a point where others may run
+      if (this.run(v, laHi, laLo, kind, size, out)) return;
     }
+  }
+
+  /** VM entry until the access ends or exits: true unless it exited to KVM. */
+  private run(v: KvmVcpu, laHi: number, laLo: number, kind: AccessKind, size: number, out: GuestAccess): boolean {
+    if (v.tlbFlushRequested) this.flushVcpuTlb(v);
+    const r = this.machine.access(v.id, laHi, laLo, kind, size, false);
+    (out as { result: AccessResult }).result = r;
+    if (r.outcome === Outcome.Ok || r.outcome === Outcome.Gp) return true;
+    if (r.outcome === Outcome.Pf) {
+      this.stats.guestPf++;
+      return true;
+    }
+    return false;
   }
 }

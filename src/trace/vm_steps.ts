@@ -50,7 +50,10 @@ export class VmSession {
 
   /** One guest access (vcpu_run): exits handled by KVM until it completes, faults, or needs userspace. */
   access(s: Step): GuestAccess {
-    runProgram(this.kvm.access(s.vcpu, s.laHi, s.laLo, s.kind, s.size, this.out));
+    // Only an access that exits needs KVM's exit handling as a program.
+    if (!this.kvm.enter(s.vcpu, s.laHi, s.laLo, s.kind, s.size, this.out)) {
+      runProgram(this.kvm.handleExits(s.vcpu, s.laHi, s.laLo, s.kind, s.size, this.out));
+    }
     return this.out;
   }
 
