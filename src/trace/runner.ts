@@ -99,7 +99,7 @@ export class Runner {
   /** Line of the command running, for events. */
   private line = 0;
   private readonly quiet: boolean;
-  private readonly steps: Step[];
+  private readonly steps: readonly Step[];
   private readonly emit: (line: string) => void;
 
   constructor(readonly trace: Trace, readonly opts: RunOptions = {}) {

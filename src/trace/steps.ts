@@ -22,19 +22,22 @@ export interface MachineStep {
 }
 
 export interface Step {
-  verb: string;
-  line: number;
-  vcpu: number;
-  cmd: Command;
+  readonly verb: string;
+  readonly line: number;
+  readonly vcpu: number;
+  readonly cmd: Command;
   // access / invlpg / invpcid / invvpid / invlpga
-  laHi: number;
-  laLo: number;
-  kind: AccessKind;
-  size: number;
-  implicit: boolean;
+  readonly laHi: number;
+  readonly laLo: number;
+  readonly kind: AccessKind;
+  readonly size: number;
+  readonly implicit: boolean;
   // poke / peek / expect_mem
-  hpa: number;
+  readonly hpa: number;
 }
+
+/** Steps depend on the trace alone: compiled once per trace, however many runs replay it. */
+const compiled = new WeakMap<Trace, readonly Step[]>();
 
 const KINDS: Record<string, AccessKind> = { read: AccessKind.Read, write: AccessKind.Write, fetch: AccessKind.Fetch };
 
@@ -71,7 +74,9 @@ export function machineStep(t: Trace): MachineStep {
   };
 }
 
-export function compileSteps(t: Trace): Step[] {
+export function compileSteps(t: Trace): readonly Step[] {
+  const done = compiled.get(t);
+  if (done !== undefined) return done;
   const steps: Step[] = [];
   for (let n = 1; n < t.commands.length; n++) {
     const c = t.commands[n];
@@ -92,5 +97,6 @@ export function compileSteps(t: Trace): Step[] {
       hpa: hpa ? hpa.toNumber() : 0,
     });
   }
+  compiled.set(t, steps);
   return steps;
 }
