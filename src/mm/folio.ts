@@ -90,6 +90,9 @@ export class FolioTable {
   /** The data-token counter: the last token handed out (tokens are never 0). */
   tokenSeq = 0;
 
+  /** MGLRU, when enabled (src/mm/mglru.ts): folio_mark_accessed becomes lru_gen_inc_refs. */
+  mglru: { incRefs(head: number): void } | null = null;
+
   /** anon_vma registry: mapping id -> owner (an mm's VMA); id 0 is "none". */
   readonly mappings: unknown[] = [null];
 
@@ -218,6 +221,21 @@ export class FolioTable {
     this.flags[i] |= PG_lru;
   }
 
+  /** lruvec_add_folio_tail: at the oldest end of a list; sets PG_lru. */
+  lruAddTail(pfn: number, list: number): void {
+    const i = this.idx(pfn);
+    if (this.list[i] !== 0) throw new Error(`assertion: folio 0x${pfn.toString(16)} already on list ${this.list[i] - 1}`);
+    const t = this.tail[list];
+    this.lruNext[i] = NIL;
+    this.lruPrev[i] = t;
+    if (t !== NIL) this.lruNext[t] = i;
+    else this.head[list] = i;
+    this.tail[list] = i;
+    this.list[i] = list + 1;
+    this.nrPages[list] += 2 ** this.order(pfn);
+    this.flags[i] |= PG_lru;
+  }
+
   /** lruvec_del_folio; clears PG_lru. Returns the list it was on, -1 if none. */
   lruDel(pfn: number): number {
     const i = this.idx(pfn);
@@ -248,11 +266,16 @@ export class FolioTable {
   }
 
   /**
-   * folio_mark_accessed, classic LRU (MGLRU's lru_gen_inc_refs comes with
-   * reclaim): referenced on the first call, activated on the next; clears idle.
+   * folio_mark_accessed. Classic LRU: referenced on the first call,
+   * activated on the next; clears idle. Under MGLRU it is lru_gen_inc_refs,
+   * which returns before clearing idle (scenario 27).
    */
   markAccessed(head: number): void {
     const i = this.idx(head);
+    if (this.mglru !== null) {
+      this.mglru.incRefs(head);
+      return;
+    }
     const fl = this.flags[i];
     if ((fl & PG_referenced) === 0) this.flags[i] |= PG_referenced;
     else if ((fl & (PG_unevictable | PG_active)) === 0) {

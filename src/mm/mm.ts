@@ -41,7 +41,15 @@ export interface VmArea {
   readonly anonVma: number;
   /** Data tokens: the last token written per page (0: zero-filled or discarded); null until the first write. */
   tokens: Uint32Array | null;
+  /** vm_flags bits beyond VM_WRITE that reclaim reads (VM_LOCKED, VM_EXEC, VM_SEQ_READ, VM_RAND_READ); absent means none. */
+  vmFlags?: number;
 }
+
+/** vm_flags bits (include/linux/mm.h values) that reference collection looks at. */
+export const VM_EXEC = 0x4;
+export const VM_SEQ_READ = 0x8000;
+export const VM_RAND_READ = 0x10000;
+export const VM_LOCKED = 0x2000;
 
 /** Result of hva_to_pfn: a frame and whether the host mapping lets it be written. */
 export type HvaToPfn = { ok: true; pfn: number; writable: boolean } | { ok: false; error: 'EFAULT' };
@@ -49,7 +57,7 @@ export type HvaToPfn = { ok: true; pfn: number; writable: boolean } | { ok: fals
 /** What the swap layer (issue 4 item 5) plugs in: swap entries in PTEs are its. */
 export interface SwapHooks {
   /** do_swap_page: bring the entry at `entry` (hpa of the PTE) back; true when a present PTE is installed. */
-  swapIn(mm: MmStruct, vma: VmArea, hva: number, entry: number, lo: number, hi: number): boolean;
+  swapIn(mm: MmStruct, vma: VmArea, hva: number, entry: number, lo: number, hi: number, write?: boolean): boolean;
   /** free_swap_and_cache: a zap dropped a swap entry. */
   free(lo: number, hi: number): void;
   /** Content token of the swapped-out page (for the integrity check). */
@@ -84,6 +92,8 @@ export class MmStruct {
   cpuFaults = 0;
   /** The swap layer, once there is one. */
   swap: SwapHooks | null = null;
+  /** MGLRU's lru_gen_add_folio for new anon folios (src/mm/mglru.ts), in place of the classic inactive list; null = classic. */
+  lruAddNew: ((pfn: number, vma: VmArea, addr: number) => void) | null = null;
   /** hva_to_pfn's result, reused: valid until the next call. */
   private readonly gup = { ok: true as const, pfn: 0, writable: false };
 
@@ -112,6 +122,11 @@ export class MmStruct {
     (vma as { anonVma: number }).anonVma = this.folios.registerMapping(vma);
     this.vmas.push(vma);
     return vma;
+  }
+
+  /** The VMAs, for page-table walkers (MGLRU's walk_mm iterates them). */
+  get areas(): readonly VmArea[] {
+    return this.vmas;
   }
 
   findVma(hva: number): VmArea | null {
@@ -244,7 +259,7 @@ export class MmStruct {
       }
       if (lo !== 0 || pt.hi !== 0) {
         if (level !== 1 || this.swap === null) throw new Error('assertion: a swap entry with no swap layer');
-        const ok = this.swap.swapIn(this, vma, hva, pt.entry, lo, pt.hi);
+        const ok = this.swap.swapIn(this, vma, hva, pt.entry, lo, pt.hi, write);
         pt.walk(hva);
         return ok;
       }
@@ -267,7 +282,8 @@ export class MmStruct {
     f.mapping[i] = vma.anonVma;
     f.index[i] = (addr - vma.start) / PAGE_SIZE;
     f.mapcount[i] = 1;
-    f.lruAdd(pfn, LruList.InactiveAnon); // folio_add_lru_vma: new anon folios start inactive
+    if (this.lruAddNew !== null) this.lruAddNew(pfn, vma, addr);
+    else f.lruAdd(pfn, LruList.InactiveAnon); // folio_add_lru_vma: new anon folios start inactive
     const flags = (vma.writable ? LEAF_RW : LEAF_RO) | (vma.level === 1 ? 0 : _PAGE_PSE);
     const lo = pfnLo(pfn, flags);
     const hi = pfnHi(pfn) | _PAGE_NX_HI;
@@ -492,6 +508,9 @@ export class MmStruct {
     const page = f.index[f.idx(head)] + (pfn - head);
     const token = (f.tokenSeq = (f.tokenSeq + 1) >>> 0 || 1);
     f.token[f.idx(pfn)] = token;
+    // New data makes the folio dirty: KVM marks a folio it maps writable dirty (kvm_release_faultin_page,
+    // 6.13+), which this KVM model only counts; without it a clean swap-cache folio would be dropped unwritten.
+    f.set(head, PG_dirty);
     (vma.tokens ??= new Uint32Array((vma.end - vma.start) / PAGE_SIZE))[page] = token;
     return token;
   }

@@ -1,0 +1,254 @@
+/**
+ * MGLRU eviction and its drivers (mm.md sections 3.3-3.4, 3.7, 3.8):
+ * should_run_aging, evict_folios (scan_folios -> sort_folio / isolate_folio,
+ * shrink with folio_referenced + look-around, put back), the kswapd age
+ * step's min_ttl check, and the /sys/kernel/debug/lru_gen text.
+ *
+ * Pageout: src/mm/swap.ts does not exist yet, so eviction calls an
+ * injectable `evict(vma, hva, pfn)`. TODO(swap): plug swap.ts's pageout
+ * (add_to_swap + try_to_unmap + the swap entry) in as `evict`, and move the
+ * shadows kept in Lruvec.shadows to the swap cache's shadow entries.
+ */
+import { PG_active, PG_referenced, PG_reclaim, PG_unevictable, PG_workingset, lruGenList } from './folio.js';
+import type { MmStruct, VmArea } from './mm.js';
+import { DEF_PRIORITY, LRU_GEN_ANON, LRU_GEN_FILE, MAX_LRU_BATCH, MAX_SWAPPINESS, MIN_LRU_BATCH, MIN_NR_GENS, lruGenFromSeq, type Lruvec } from './mglru.js';
+import { lookAround, tryToIncMaxSeq } from './mglru_walk.js';
+import type { Program } from './mmu_notifier.js';
+import { _PAGE_ACCESSED, _PAGE_PRESENT } from './pgtable.js';
+import type { SecondaryPolicy } from './secondary_policy.js';
+
+const PAGE = 4096;
+
+/** The pageout hook: unmap and free the folio (its last reference goes). */
+export type EvictFn = (vma: VmArea, hva: number, pfn: number) => Program<void>;
+
+/** A stand-in pageout: drops the page (zap with a CLEAR invalidation, as try_to_unmap fires); the data is lost. */
+export function* discardEvict(vma: VmArea, hva: number): Program<void> {
+  yield* vma.mm.madviseDontneed(hva, PAGE);
+}
+
+/** should_run_aging / get_nr_to_scan's decision for a lruvec. */
+export function shouldRunAging(lruvec: Lruvec, priority: number, swappiness = lruvec.swappiness): { aging: boolean; required: boolean } {
+  const g = lruvec.maxSeq - lruvec.evictableMinSeq(swappiness) + 1;
+  if (g <= MIN_NR_GENS) return { aging: true, required: true };
+  if (g === MIN_NR_GENS + 1) return { aging: priority < DEF_PRIORITY, required: false };
+  return { aging: false, required: false };
+}
+
+/**
+ * The kswapd age step (lru_gen_age_node's min_ttl part): a lruvec is
+ * reclaimable when its oldest evictable generation was born more than
+ * min_ttl ago; none reclaimable and min_ttl set -> OOM.
+ */
+export function lruGenAgeNode(lruvecs: readonly Lruvec[], minTtlMs: number, now: number): { reclaimable: boolean; oom: boolean } {
+  if (minTtlMs === 0) return { reclaimable: true, oom: false };
+  for (const l of lruvecs) {
+    const birth = l.timestamps[lruGenFromSeq(l.evictableMinSeq(l.swappiness))];
+    if (birth + minTtlMs < now) return { reclaimable: true, oom: false };
+  }
+  return { reclaimable: false, oom: true };
+}
+
+/** lru_gen_seq_show (not full): memcg line, node line, then seq, age in ms, anon and file pages from the evictable min_seq. */
+export function lruGenDebugfs(lruvecs: readonly Lruvec[], now: number): string {
+  let out = '';
+  for (const l of lruvecs) {
+    out += `memcg ${String(l.memcgId).padStart(5)} ${l.memcgPath}\n`;
+    out += ` node ${String(l.nodeId).padStart(5)}\n`;
+    for (let seq = l.evictableMinSeq(MAX_SWAPPINESS / 2); seq <= l.maxSeq; seq++) {
+      const gen = lruGenFromSeq(seq);
+      out += ` ${String(seq).padStart(10)} ${String(now - l.timestamps[gen]).padStart(10)}`;
+      for (let type = 0; type < 2; type++) out += ` ${String(Math.max(l.nrPages[gen][type], 0)).padStart(10)} `;
+      out += '\n';
+    }
+  }
+  return out;
+}
+
+/** The VMA and hva mapping a folio (its rmap: anon_vma + index). */
+function rmapOf(lruvec: Lruvec, pfn: number): { vma: VmArea; hva: number } | null {
+  const f = lruvec.folios;
+  const i = f.idx(pfn);
+  const vma = f.mappings[f.mapping[i]] as VmArea | null | undefined;
+  if (vma === null || vma === undefined || f.mapcount[i] <= 0) return null;
+  return { vma, hva: vma.start + f.index[i] * PAGE };
+}
+
+/**
+ * The MGLRU reclaimer of one lruvec over the mms charged to it, with a
+ * secondary-MMU policy and a pageout hook. Attaching an mm makes its new
+ * anon folios MGLRU folios and records refaults.
+ */
+export class MglruReclaimer {
+  readonly mms: MmStruct[] = [];
+  /** Oracle for "evicted while hot": the workload says whether it still uses the page. */
+  hot: ((mm: MmStruct, hva: number) => boolean) | null = null;
+
+  constructor(readonly lruvec: Lruvec, readonly policy: SecondaryPolicy, readonly evict: EvictFn = discardEvict) {}
+
+  /** Charges an mm to the lruvec: folio_add_lru under MGLRU, in a fault (PG_active: recency-tracking fault), plus refault accounting. */
+  attach(mm: MmStruct): void {
+    this.mms.push(mm);
+    mm.lruAddNew = (pfn, vma, addr) => {
+      const f = this.lruvec.folios;
+      const sh = this.lruvec.shadows.get(mm);
+      const s = sh?.get(addr);
+      if (s !== undefined) {
+        sh!.delete(addr);
+        this.policy.stats.refaults++;
+        this.lruvec.refault(pfn, s);
+      }
+      void vma;
+      f.set(pfn, PG_active);
+      this.lruvec.addFolio(pfn, false);
+    };
+  }
+
+  /** Aging as /sys/kernel/debug/lru_gen "+ memcg node seq" does: try_to_inc_max_seq(max_seq, force_scan). */
+  *age(forceScan = true): Program<boolean> {
+    return yield* tryToIncMaxSeq(this.lruvec, this.mms, this.policy, this.lruvec.maxSeq, forceScan);
+  }
+
+  /** One reclaim pass at a priority: age if should_run_aging says so, else evict up to nrToScan. Returns folios reclaimed. */
+  *shrink(nrToScan: number, priority = DEF_PRIORITY - 1): Program<number> {
+    const d = shouldRunAging(this.lruvec, priority);
+    if (d.aging) {
+      yield* this.age(false);
+      if (d.required) return 0;
+    }
+    return yield* this.evictFolios(nrToScan);
+  }
+
+  /** get_type_to_scan, simplified: swappiness extremes, else the type with the older min_seq (file on a tie). */
+  private typeToScan(): number {
+    const l = this.lruvec;
+    if (l.swappiness <= 1) return LRU_GEN_FILE;
+    if (l.swappiness > MAX_SWAPPINESS) return LRU_GEN_ANON;
+    return l.minSeq[LRU_GEN_ANON] < l.minSeq[LRU_GEN_FILE] ? LRU_GEN_ANON : LRU_GEN_FILE;
+  }
+
+  /**
+   * sort_folio: true when the folio was moved rather than isolated:
+   * unevictable; gen bits not the min gen (lazy promotion); protected by
+   * tier (refs and workingset saturated).
+   */
+  sortFolio(pfn: number, type: number): boolean {
+    const l = this.lruvec;
+    const f = l.folios;
+    if (f.test(pfn, PG_unevictable)) return false; // no unevictable list in this model
+    const gen = f.lruGen(pfn);
+    if (gen !== lruGenFromSeq(l.minSeq[type])) {
+      l.moveToGenList(pfn, false);
+      return true;
+    }
+    if (f.test(pfn, PG_workingset) && f.lruRefs(pfn) === 3 && f.test(pfn, PG_referenced)) {
+      const tier = l.tier(pfn);
+      l.folioIncGen(pfn, false);
+      l.protected[type][tier] += 2 ** f.order(pfn);
+      l.moveToGenList(pfn, false);
+      return true;
+    }
+    return false;
+  }
+
+  /** scan_folios from min_seq[type]: sort, else isolate (refs wiped without PG_referenced, PG_reclaim cleared). */
+  private scanFolios(type: number, nr: number): { scanned: number; isolated: number[] } {
+    const l = this.lruvec;
+    const f = l.folios;
+    const isolated: number[] = [];
+    let scanned = 0;
+    if (l.nrGens(type) === MIN_NR_GENS) return { scanned, isolated };
+    const list = lruGenList(lruGenFromSeq(l.minSeq[type]), type);
+    let remaining = Math.min(nr, MAX_LRU_BATCH);
+    let skipped = 0;
+    while (remaining > 0 && isolated.length < MIN_LRU_BATCH && skipped < MIN_LRU_BATCH) {
+      const idx = f.tail[list];
+      if (idx === -1) break;
+      const pfn = idx + f.basePfn;
+      const n = 2 ** f.order(pfn);
+      scanned += n;
+      remaining -= n;
+      if (this.sortFolio(pfn, type)) {
+        skipped++;
+        continue;
+      }
+      l.delFolio(pfn);
+      if (!f.test(pfn, PG_referenced)) f.setLruRefs(pfn, 0);
+      f.clear(pfn, PG_reclaim);
+      isolated.push(pfn);
+    }
+    return { scanned, isolated };
+  }
+
+  /**
+   * folio_referenced for an isolated anon folio under MGLRU: the primary
+   * PTE test-and-cleared, the secondary per policy, look-around when
+   * young; then folio_check_references' MGLRU branch: not referenced ->
+   * reclaim; else lru_gen_set_refs decides activate or keep.
+   */
+  private *folioReferenced(pfn: number): Program<'reclaim' | 'keep' | 'activate'> {
+    const r = rmapOf(this.lruvec, pfn);
+    if (r === null) return 'reclaim';
+    const mm = r.vma.mm;
+    const pt = mm.pt;
+    pt.walk(r.hva);
+    let primary = false;
+    if (pt.present && (pt.lo & _PAGE_ACCESSED) !== 0) {
+      mm.mem.and64(pt.entry, ~_PAGE_ACCESSED, -1);
+      primary = (mm.mem.lo & _PAGE_ACCESSED) !== 0 && (mm.mem.lo & _PAGE_PRESENT) !== 0;
+    }
+    const t = yield* this.policy.evictionTarget(mm, r.hva, primary);
+    if (t.lookAround) yield* lookAround(this.lruvec, r.vma, r.hva, this.policy);
+    if (!t.referenced) return 'reclaim';
+    return this.lruvec.setRefs(pfn) ? 'activate' : 'keep';
+  }
+
+  /**
+   * evict_folios: isolate from the oldest generation (the other type if
+   * nothing), try_to_inc_min_seq, shrink (evict the unreferenced), put the
+   * rest back (out of the oldest generation: PG_active). Returns reclaimed.
+   */
+  *evictFolios(nrToScan: number): Program<number> {
+    const l = this.lruvec;
+    const f = l.folios;
+    let type = this.typeToScan();
+    let r = this.scanFolios(type, nrToScan);
+    if (r.scanned === 0) {
+      type = 1 - type;
+      r = this.scanFolios(type, nrToScan);
+    }
+    l.tryToIncMinSeq();
+    let reclaimed = 0;
+    const putBack: number[] = [];
+    for (const pfn of r.isolated) {
+      const verdict = yield* this.folioReferenced(pfn);
+      if (verdict === 'activate') f.set(pfn, PG_active);
+      if (verdict !== 'reclaim') {
+        putBack.push(pfn);
+        continue;
+      }
+      const rm = rmapOf(l, pfn);
+      if (rm === null) {
+        putBack.push(pfn);
+        continue;
+      }
+      const shadow = l.evictionShadow(pfn);
+      let sh = l.shadows.get(rm.vma.mm);
+      if (sh === undefined) l.shadows.set(rm.vma.mm, (sh = new Map()));
+      sh.set(rm.hva, shadow);
+      this.policy.stats.evicted++;
+      if (this.hot?.(rm.vma.mm, rm.hva) === true) this.policy.stats.evictedHot++;
+      yield* this.evict(rm.vma, rm.hva, pfn);
+      reclaimed++;
+    }
+    for (const pfn of putBack) {
+      // Don't add rejected folios to the oldest generation.
+      if (l.folioSeq(pfn, false) === l.minSeq[l.folioType(pfn)]) {
+        f.clear(pfn, PG_referenced | PG_workingset);
+        f.set(pfn, PG_active);
+      }
+      l.addFolio(pfn, false);
+    }
+    return reclaimed;
+  }
+}
