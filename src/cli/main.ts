@@ -7,6 +7,7 @@ import { loadTrace, UsageError } from './load.js';
 import { LOG_LEVELS, makeLogger } from './log.js';
 import { walkCommand, type WalkOptions } from './walk.js';
 import { KVM_EVENT_NAMES } from '../kvm/events.js';
+import { lruGenCommand, statsRows, statsTable, type LruGenOptions } from './stats.js';
 
 const program = new Command();
 program
@@ -23,12 +24,16 @@ program
   .argument('<file>', 'trace file')
   .option('--json', 'print the JSON objects of trace-format.md')
   .option('--events <names>', `print these KVM events (comma-separated, or 'all') of a VM-level trace, in order with the access lines`)
-  .action((file: string, opts: { json?: boolean; events?: string }) => {
+  .option('--stats', 'print a summary table of a VM-level run at the end (faults, exits, flushes, notifier calls, reclaim, swap)')
+  .action((file: string, opts: { json?: boolean; events?: string; stats?: boolean }) => {
     const log = makeLogger(program.opts().logLevel);
     const events = opts.events === undefined ? undefined : eventNames(opts.events);
     const trace = loadTrace(file);
     if (events !== undefined && trace.commands[0].verb !== 'vm') {
       throw new UsageError(`--events: ${file} is a hardware-level trace ('machine'); KVM events come from VM-level traces ('vm')`);
+    }
+    if (opts.stats === true && trace.commands[0].verb !== 'vm') {
+      throw new UsageError(`--stats: ${file} is a hardware-level trace ('machine'); the summary is of VM-level traces ('vm')`);
     }
     log.info({ file, commands: trace.commands.length }, 'trace loaded');
     const lines: string[] = [];
@@ -45,6 +50,11 @@ program
       },
     });
     const report = runner.run();
+    if (opts.stats === true) {
+      const rows = statsRows(runner, report.accesses);
+      if (opts.json === true) lines.push(JSON.stringify({ op: 'stats', stats: Object.fromEntries(rows.map(([k, v]) => [k.trim(), v])) }));
+      else lines.push(statsTable(rows));
+    }
     flush();
     log.info({ accesses: report.accesses, failures: report.failures.length }, 'trace done');
     for (const f of report.failures) process.stderr.write(`${file}:${f.line}: ${f.message}\n`);
@@ -92,6 +102,13 @@ program
   .option('--at <line>', 'run only the commands on lines <= this')
   .option('--json', 'print one JSON object: the nested tables')
   .action((file: string, opts: DumpOptions) => print(dumpCommand(file, opts)));
+
+program
+  .command('lru_gen')
+  .description('run an MGLRU trace (lru=mglru; up to --at), then print /sys/kernel/debug/lru_gen')
+  .argument('<file>', 'trace file')
+  .option('--at <line>', 'run only the commands on lines <= this')
+  .action((file: string, opts: LruGenOptions) => print(lruGenCommand(file, opts)));
 
 async function main(): Promise<void> {
   try {

@@ -91,6 +91,28 @@ export interface LruGenShadow {
   type: number;
 }
 
+/**
+ * The shadow as the swap cache stores it (lru_gen_eviction's pack_shadow
+ * of token = min_seq << LRU_REFS_WIDTH | refs, plus the workingset bit;
+ * the type rides along since one lruvec serves both). Never 0. The seq is
+ * kept whole (no EVICTION_MASK truncation: a run never wraps it).
+ */
+export function packLruGenShadow(s: LruGenShadow): number {
+  const token = s.seq * (1 << LRU_REFS_WIDTH) + s.refs;
+  return ((token * 2 + (s.workingset ? 1 : 0)) * 2 + s.type) * 2 + 1;
+}
+
+/** The inverse of packLruGenShadow. */
+export function unpackLruGenShadow(v: number): LruGenShadow {
+  let x = (v - 1) / 2;
+  const type = x % 2;
+  x = (x - type) / 2;
+  const workingset = x % 2 === 1;
+  const token = (x - (workingset ? 1 : 0)) / 2;
+  const refs = token % (1 << LRU_REFS_WIDTH);
+  return { seq: (token - refs) / (1 << LRU_REFS_WIDTH), refs, workingset, type };
+}
+
 export interface LruvecOptions {
   version?: MglruVersion;
   /** Wall clock in ms at creation (the generations' birth time). */
@@ -127,8 +149,11 @@ export class Lruvec {
   /** mm_state->filters[NR_BLOOM_FILTERS], indexed by seq % 2. */
   readonly bloom = [new BloomFilter(), new BloomFilter()];
   /** Walk and look-around counters (the mm_stats of lru_gen_full, and more). */
-  readonly stats = { ptesScanned: 0, young: 0, tablesWalked: 0, tablesSkippedNonleaf: 0, tablesSkippedBloom: 0, bloomAdded: 0, lookArounds: 0, lookAroundPtes: 0 };
-  /** Shadow entries of evicted pages, per mm and hva (the swap layer's shadows, until it has them). */
+  readonly stats = { ptesScanned: 0, young: 0, tablesWalked: 0, tablesSkippedNonleaf: 0, tablesSkippedBloom: 0, bloomAdded: 0, lookArounds: 0, lookAroundPtes: 0, refaultActivations: 0 };
+  /**
+   * Shadow entries of pages evicted through an explicit `evict` hook (MglruReclaimer's non-swap path), per mm
+   * and hva. Eviction through swap keeps them in the swap cache instead (packLruGenShadow).
+   */
   readonly shadows = new Map<unknown, Map<number, LruGenShadow>>();
 
   constructor(readonly folios: FolioTable, opts: LruvecOptions = {}) {

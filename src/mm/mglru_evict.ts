@@ -4,25 +4,54 @@
  * shrink with folio_referenced + look-around, put back), the kswapd age
  * step's min_ttl check, and the /sys/kernel/debug/lru_gen text.
  *
- * Pageout: src/mm/swap.ts does not exist yet, so eviction calls an
- * injectable `evict(vma, hva, pfn)`. TODO(swap): plug swap.ts's pageout
- * (add_to_swap + try_to_unmap + the swap entry) in as `evict`, and move the
- * shadows kept in Lruvec.shadows to the swap cache's shadow entries.
+ * Pageout is the kernel's: evict_folios hands the isolated folios to
+ * shrink_folio_list (vmscan.ts, the one the classic LRU uses), with an
+ * isolation reference each. There folio_check_references takes its MGLRU
+ * branch, folio_referenced_one enters look-around (the rmap hook), and a
+ * folio to reclaim goes add_to_swap -> try_to_unmap (CLEAR invalidation,
+ * swap entry) -> write-out -> __remove_mapping, whose shadow comes from
+ * lru_gen_eviction (the workingset hook, packed into the swap cache's
+ * shadow entry). A swap-in finding that shadow runs lru_gen_refault.
+ * Anonymous memory only, so nothing is ever discarded: the kernel drops
+ * without write-out only clean file pages, which this model does not have.
+ *
+ * An explicit `evict` hook (the old injectable pageout) is still accepted
+ * for callers that want their own pageout; shadows then stay in
+ * Lruvec.shadows.
  */
 import { PG_active, PG_referenced, PG_reclaim, PG_unevictable, PG_workingset, lruGenList } from './folio.js';
-import type { MmStruct, VmArea } from './mm.js';
-import { DEF_PRIORITY, LRU_GEN_ANON, LRU_GEN_FILE, MAX_LRU_BATCH, MAX_SWAPPINESS, MIN_LRU_BATCH, MIN_NR_GENS, lruGenFromSeq, type Lruvec } from './mglru.js';
+import { PAGE_SIZE, type MmStruct, type VmArea } from './mm.js';
+import {
+  DEF_PRIORITY, LRU_GEN_ANON, LRU_GEN_FILE, MAX_LRU_BATCH, MAX_SWAPPINESS, MIN_LRU_BATCH, MIN_NR_GENS, lruGenFromSeq, packLruGenShadow,
+  unpackLruGenShadow, type Lruvec,
+} from './mglru.js';
 import { lookAround, tryToIncMaxSeq } from './mglru_walk.js';
 import type { Program } from './mmu_notifier.js';
 import { _PAGE_ACCESSED, _PAGE_PRESENT } from './pgtable.js';
 import type { SecondaryPolicy } from './secondary_policy.js';
+import type { HostRmap } from './rmap.js';
+import type { SwapDevice } from './swap.js';
+import { setUpReclaim, type Reclaimer } from './vmscan.js';
+import type { Workingset } from './workingset.js';
+
+/** The classic reclaim stack MGLRU shares (setUpReclaim's result). */
+export interface SwapStack {
+  swap: SwapDevice;
+  workingset: Workingset;
+  rmap: HostRmap;
+  reclaim: Reclaimer;
+}
 
 const PAGE = 4096;
 
 /** The pageout hook: unmap and free the folio (its last reference goes). */
 export type EvictFn = (vma: VmArea, hva: number, pfn: number) => Program<void>;
 
-/** A stand-in pageout: drops the page (zap with a CLEAR invalidation, as try_to_unmap fires); the data is lost. */
+/**
+ * Not a kernel pageout: drops the page (zap with a CLEAR invalidation), so
+ * its data is lost. Only for callers that pass it explicitly as `evict`;
+ * the default is eviction through swap.
+ */
 export function* discardEvict(vma: VmArea, hva: number): Program<void> {
   yield* vma.mm.madviseDontneed(hva, PAGE);
 }
@@ -74,6 +103,15 @@ function rmapOf(lruvec: Lruvec, pfn: number): { vma: VmArea; hva: number } | nul
   return { vma, hva: vma.start + f.index[i] * PAGE };
 }
 
+/** The VMA and hva a folio belongs to (folio->mapping + index), mapped or not. */
+function ownerOf(lruvec: Lruvec, pfn: number): { vma: VmArea; hva: number } | null {
+  const f = lruvec.folios;
+  const i = f.idx(pfn);
+  const vma = f.mappings[f.mapping[i]] as VmArea | null | undefined;
+  if (vma === null || vma === undefined) return null;
+  return { vma, hva: vma.start + f.index[i] * PAGE };
+}
+
 /**
  * The MGLRU reclaimer of one lruvec over the mms charged to it, with a
  * secondary-MMU policy and a pageout hook. Attaching an mm makes its new
@@ -84,11 +122,47 @@ export class MglruReclaimer {
   /** Oracle for "evicted while hot": the workload says whether it still uses the page. */
   hot: ((mm: MmStruct, hva: number) => boolean) | null = null;
 
-  constructor(readonly lruvec: Lruvec, readonly policy: SecondaryPolicy, readonly evict: EvictFn = discardEvict) {}
+  /** The swap stack pageout goes through (null only while an explicit `evict` hook is used and no mm is attached). */
+  stack: SwapStack | null = null;
+  /** Slots of the swap device made by the first attach when none was given (useSwap). */
+  swapSlots = 1 << 16;
+
+  /** `evict`: an explicit pageout hook instead of shrink_folio_list (not the kernel's; see discardEvict). */
+  constructor(readonly lruvec: Lruvec, readonly policy: SecondaryPolicy, readonly evict: EvictFn | null = null) {}
+
+  /**
+   * Makes MGLRU the reclaim of a classic stack (lru_gen_enabled()):
+   * shrink_lruvec, workingset eviction/refault and folio_referenced_one's
+   * look-around all go to this reclaimer. Call before attach to choose the
+   * swap device; otherwise the first attach builds one of swapSlots slots.
+   */
+  useSwap(stack: SwapStack): void {
+    this.stack = stack;
+    stack.reclaim.lruGen = { shrinkLruvec: (nr, priority) => this.shrink(nr, priority) };
+    stack.workingset.lruGen = {
+      eviction: (head) => {
+        const o = ownerOf(this.lruvec, head);
+        this.policy.stats.evicted++;
+        if (o !== null && this.hot?.(o.vma.mm, o.hva) === true) this.policy.stats.evictedHot++;
+        return packLruGenShadow(this.lruvec.evictionShadow(head));
+      },
+      refault: (head, shadow) => {
+        this.policy.stats.refaults++;
+        // lru_gen_refault from do_swap_page: a recent refault inside a fault counts an activation (WORKINGSET_ACTIVATE).
+        if (this.lruvec.refault(head, unpackLruGenShadow(shadow))) this.lruvec.stats.refaultActivations++;
+      },
+    };
+    stack.rmap.lookAround = (vma, hva) => this.lookAroundTarget(vma, hva);
+    for (const mm of this.mms) stack.swap.attach(mm);
+  }
 
   /** Charges an mm to the lruvec: folio_add_lru under MGLRU, in a fault (PG_active: recency-tracking fault), plus refault accounting. */
   attach(mm: MmStruct): void {
     this.mms.push(mm);
+    if (this.evict === null) {
+      if (this.stack === null) this.useSwap(setUpReclaim(mm, { swapSlots: this.swapSlots }));
+      else this.stack.swap.attach(mm);
+    }
     mm.lruAddNew = (pfn, vma, addr) => {
       const f = this.lruvec.folios;
       const sh = this.lruvec.shadows.get(mm);
@@ -102,6 +176,13 @@ export class MglruReclaimer {
       f.set(pfn, PG_active);
       this.lruvec.addFolio(pfn, false);
     };
+  }
+
+  /** Pages on the MGLRU lists (by gen bits), both types: what a reclaim budget counts. */
+  get lruPages(): number {
+    let n = 0;
+    for (const g of this.lruvec.nrPages) n += g[0] + g[1];
+    return n;
   }
 
   /** Aging as /sys/kernel/debug/lru_gen "+ memcg node seq" does: try_to_inc_max_seq(max_seq, force_scan). */
@@ -189,18 +270,27 @@ export class MglruReclaimer {
   private *folioReferenced(pfn: number): Program<'reclaim' | 'keep' | 'activate'> {
     const r = rmapOf(this.lruvec, pfn);
     if (r === null) return 'reclaim';
-    const mm = r.vma.mm;
+    if (!(yield* this.lookAroundTarget(r.vma, r.hva))) return 'reclaim';
+    return this.lruvec.setRefs(pfn) ? 'activate' : 'keep';
+  }
+
+  /**
+   * folio_referenced_one's MGLRU part for the PTE at hva: the primary PTE
+   * test-and-cleared, the secondary asked per policy, look-around when
+   * young. Returns whether the target was referenced.
+   */
+  *lookAroundTarget(vma: VmArea, hva: number): Program<boolean> {
+    const mm = vma.mm;
     const pt = mm.pt;
-    pt.walk(r.hva);
+    pt.walk(hva);
     let primary = false;
     if (pt.present && (pt.lo & _PAGE_ACCESSED) !== 0) {
       mm.mem.and64(pt.entry, ~_PAGE_ACCESSED, -1);
       primary = (mm.mem.lo & _PAGE_ACCESSED) !== 0 && (mm.mem.lo & _PAGE_PRESENT) !== 0;
     }
-    const t = yield* this.policy.evictionTarget(mm, r.hva, primary);
-    if (t.lookAround) yield* lookAround(this.lruvec, r.vma, r.hva, this.policy);
-    if (!t.referenced) return 'reclaim';
-    return this.lruvec.setRefs(pfn) ? 'activate' : 'keep';
+    const t = yield* this.policy.evictionTarget(mm, hva, primary);
+    if (t.lookAround) yield* lookAround(this.lruvec, vma, hva, this.policy);
+    return t.referenced;
   }
 
   /**
@@ -219,8 +309,40 @@ export class MglruReclaimer {
     }
     l.tryToIncMinSeq();
     let reclaimed = 0;
-    const putBack: number[] = [];
-    for (const pfn of r.isolated) {
+    let putBack: number[] = [];
+    if (this.evict === null) {
+      // shrink_folio_list on the isolated folios, each holding an isolation reference.
+      const stack = this.stack;
+      if (stack === null) throw new Error('assertion: MGLRU eviction with no swap stack (attach an mm first)');
+      for (const pfn of r.isolated) f.get(pfn);
+      const res = yield* stack.reclaim.shrinkFolioList(r.isolated);
+      reclaimed = res.reclaimed;
+      putBack = res.remaining;
+    } else {
+      reclaimed = yield* this.evictByHook(r.isolated, putBack);
+    }
+    for (const pfn of putBack) {
+      // Don't add rejected folios to the oldest generation.
+      if (l.folioSeq(pfn, false) === l.minSeq[l.folioType(pfn)]) {
+        f.clear(pfn, PG_referenced | PG_workingset);
+        f.set(pfn, PG_active);
+      }
+      l.addFolio(pfn, false);
+      // move_folios_to_lru drops the isolation reference (the hook path took none).
+      if (this.evict === null && f.put(pfn)) {
+        l.delFolio(pfn);
+        this.mms[0]?.pages.freePages(pfn * PAGE_SIZE, f.order(pfn));
+      }
+    }
+    return reclaimed;
+  }
+
+  /** The explicit-hook pageout (no swap): verdict per folio, shadow in Lruvec.shadows, then `evict`. */
+  private *evictByHook(isolated: number[], putBack: number[]): Program<number> {
+    const l = this.lruvec;
+    const f = l.folios;
+    let reclaimed = 0;
+    for (const pfn of isolated) {
       const verdict = yield* this.folioReferenced(pfn);
       if (verdict === 'activate') f.set(pfn, PG_active);
       if (verdict !== 'reclaim') {
@@ -238,16 +360,8 @@ export class MglruReclaimer {
       sh.set(rm.hva, shadow);
       this.policy.stats.evicted++;
       if (this.hot?.(rm.vma.mm, rm.hva) === true) this.policy.stats.evictedHot++;
-      yield* this.evict(rm.vma, rm.hva, pfn);
+      yield* this.evict!(rm.vma, rm.hva, pfn);
       reclaimed++;
-    }
-    for (const pfn of putBack) {
-      // Don't add rejected folios to the oldest generation.
-      if (l.folioSeq(pfn, false) === l.minSeq[l.folioType(pfn)]) {
-        f.clear(pfn, PG_referenced | PG_workingset);
-        f.set(pfn, PG_active);
-      }
-      l.addFolio(pfn, false);
     }
     return reclaimed;
   }

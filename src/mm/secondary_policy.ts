@@ -187,13 +187,11 @@ export class SecondaryPolicy {
         return { referenced: primaryYoung || s, lookAround: primaryYoung || s };
       }
       case 'fast-only': {
-        // v6: look around if the primary is young, or a fast secondary is; the rest are asked at eviction anyway.
-        const cand = Uint8Array.of(1);
-        const young = new Uint8Array(1);
-        yield* this.ageWindow(mm, addr, 1, cand, young);
-        const fastYoung = young[0] !== 0;
-        const slow = primaryYoung || fastYoung ? false : (yield* this.clearFlushYoungAll(mm, addr)) !== 0;
-        return { referenced: primaryYoung || fastYoung || slow, lookAround: primaryYoung || fastYoung };
+        // v6: folio_referenced_one's ptep_clear_flush_young_notify asks every subscriber once (eviction
+        // consults slow ones too); look around if the primary is young, or the secondary is and the mm
+        // has fast-young notifiers (a slow secondary-only young page does not scan its neighbours).
+        const s = (yield* this.clearFlushYoungAll(mm, addr)) !== 0;
+        return { referenced: primaryYoung || s, lookAround: primaryYoung || (s && this.hasFastNotifiers(mm)) };
       }
       case 'v3-bitmap': {
         // clear_young on the target; a secondary-only young page looks around only if YOUNG_FAST.

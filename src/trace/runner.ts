@@ -219,6 +219,15 @@ export class Runner {
       case 'expect dirty':
         for (const f of this.vm!.expectDirty(c)) this.fail(s.line, f);
         return;
+      case 'expect folio':
+        for (const f of this.vm!.expectFolio(c)) this.fail(s.line, f);
+        return;
+      case 'expect lru':
+        for (const f of this.vm!.expectLru(c)) this.fail(s.line, f);
+        return;
+      case 'expect data':
+        for (const f of this.vm!.expectData(c)) this.fail(s.line, f);
+        return;
       default: {
         if (this.vm === null) throw new Error(`assertion: verb '${s.verb}' passed validation but has no runner`);
         const rec = this.vm.step(s);

@@ -44,6 +44,13 @@ export const RESULTS = ['ok', 'pf', 'gp', 'ept_violation', 'ept_misconfig', 'npf
 /** The user exits an access in a VM can end in (KVM_EXIT_MMIO; KVM_RUN failing with -EFAULT). */
 export const USER_EXITS = ['none', 'mmio', 'efault'] as const;
 
+/** MMU-notifier subscriber callbacks, by op (MmuNotifierSubscriptions.calls). */
+export const NOTIFIER_OPS = [
+  'invalidate_range_start', 'invalidate_range_end', 'invalidate', 'clear_young', 'clear_flush_young', 'test_young', 'release',
+] as const;
+/** Invalidation callbacks by event (MmuNotifierSubscriptions.callsByEvent): MMU_NOTIFY_<NAME> in lower case. */
+export const NOTIFIER_EVENTS = ['unmap', 'clear', 'protection_vma', 'protection_page', 'soft_dirty', 'release', 'migrate', 'exclusive'] as const;
+
 /**
  * Counters `expect counter` can check: kvm->stat / vcpu->stat names where
  * the kernel has one (docs/kvm.md lists what each counts).
@@ -52,6 +59,10 @@ export const COUNTERS = [
   'exits', 'pf_taken', 'pf_fixed', 'pf_spurious', 'pf_retry', 'pf_emulate', 'pf_write_protected', 'pf_fast', 'pf_guest',
   'mmio_exits', 'remote_tlb_flush', 'pages_4k', 'pages_2m', 'pages_1g', 'pt_pages', 'pt_allocated', 'pt_freed',
   'cmpxchg_failed', 'aged', 'age_lost', 'splits', 'host_faults', 'pfn_dirtied',
+  // host mm (docs/mm.md)
+  'evicted', 'refaults', 'swap_outs', 'swap_ins', 'kswapd_wakeups', 'lru_pages', 'notifier_calls',
+  ...NOTIFIER_OPS.map((o) => `calls_${o}` as const),
+  ...NOTIFIER_EVENTS.map((e) => `event_${e}` as const),
 ] as const;
 
 /** Named SPTE bits of `expect spte`, per flavour; each takes 0 or 1. */
@@ -132,6 +143,25 @@ export const VERBS: Record<string, VerbSpec> = {
       counter: { keys: Object.fromEntries(COUNTERS.map((c) => [c, count])), scope: 'vm' },
       /** A gfn's bit in its memslot's dirty bitmap. */
       dirty: { keys: { gfn: u64 }, required: ['gfn'], words: [['set', 'clear']], requiredWords: [0], scope: 'vm' },
+      /** The host folio backing a guest page (docs/mm.md). */
+      folio: {
+        keys: {
+          gpa: u64, lru: { t: 'enum', values: ['active', 'inactive', 'none'] }, gen: { t: 'int', min: 0, max: 3 },
+          referenced: bit, idle: bit, young: bit, dirty: bit, swapped: bit, workingset: bit, mapped: bit,
+        },
+        required: ['gpa'],
+        scope: 'vm',
+      },
+      /** LRU list sizes (classic) or generations (MGLRU), in pages. */
+      lru: {
+        keys: {
+          active: count, inactive: count, gen0: count, gen1: count, gen2: count, gen3: count,
+          max_seq: count, min_seq: count, nr_gens: { t: 'int', min: 0, max: 4 },
+        },
+        scope: 'vm',
+      },
+      /** Every page of the range (default: all guest memory written) holds its last guest write. */
+      data: { keys: { gpa: u64, size }, scope: 'vm' },
     },
   },
   /** Check the 8-byte value at hpa (under mask, default all ones). */
@@ -150,6 +180,11 @@ export const VERBS: Record<string, VerbSpec> = {
       tlb: { t: 'enum', values: ['on', 'off'] },
       maxphyaddr: { t: 'int', min: 36, max: 52 },
       kernel: { t: 'enum', values: ['6.12', '6.13', '6.14', '6.15', '6.16', '6.17'] },
+      // host mm (docs/mm.md)
+      lru: { t: 'enum', values: ['classic', 'mglru'] },
+      policy: { t: 'enum', values: ['eviction-only', 'current', 'v3-bitmap', 'fast-only'] },
+      host_memory: size,
+      swap: size,
     },
     required: ['tdp'],
     scope: 'vm',
@@ -178,4 +213,26 @@ export const VERBS: Record<string, VerbSpec> = {
   munmap: { keys: { gpa: u64, size }, required: ['gpa', 'size'], scope: 'vm' },
   /** Dirty logging: turn it on for a slot (write-protect), or KVM_GET_DIRTY_LOG (harvest and re-protect). */
   dirty_log: { keys: { slot }, words: [['enable', 'get']], requiredWords: [0], scope: 'vm' },
+
+  // --- host-mm verbs (docs/mm.md) ---
+  /** Direct reclaim of up to N pages (default 32) through the chosen LRU: the priority loop, or one shrink_lruvec pass at priority=P. */
+  reclaim: { keys: { pages: { t: 'int', min: 1, max: 0xffffffff }, priority: { t: 'int', min: 0, max: 12 } }, scope: 'vm' },
+  /** An MGLRU aging pass (try_to_inc_max_seq with force_scan): lru=mglru only. */
+  lru_age: { keys: {}, scope: 'vm' },
+  /** mprotect of whole memslots' memory: PROTECTION_VMA invalidation. */
+  mprotect: { keys: { gpa: u64, size }, required: ['gpa', 'size'], words: [['ro', 'rw']], requiredWords: [0], scope: 'vm' },
+  /** /sys/kernel/mm/page_idle/bitmap for the frames backing a gpa range. */
+  page_idle: {
+    keys: {},
+    subRequired: true,
+    scope: 'vm',
+    sub: {
+      mark: { keys: { gpa: u64, size }, required: ['gpa'], scope: 'vm' },
+      read: { keys: { gpa: u64, size }, required: ['gpa'], scope: 'vm' },
+    },
+  },
 };
+
+/** Verbs and `vm` keys that switch on the host-mm layer of a VM-level trace (reclaim, swap, data tokens). */
+export const MM_VERBS: readonly string[] = ['reclaim', 'lru_age', 'mprotect', 'page_idle mark', 'page_idle read', 'expect folio', 'expect lru', 'expect data'];
+export const MM_VM_KEYS: readonly string[] = ['lru', 'policy', 'host_memory', 'swap'];

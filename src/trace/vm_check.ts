@@ -10,7 +10,7 @@ import type Long from 'long';
 import type { VmOptions } from '../kvm/vm.js';
 import { TraceError, type Command, type Trace } from './ast.js';
 import { canonical4, GuestMapError, GuestTables, pageLevelBytes, type LeafBits } from './guest_tables.js';
-import { SPTE_BITS_EPT, SPTE_BITS_NPT } from './verbs.js';
+import { MM_VERBS, MM_VM_KEYS, SPTE_BITS_EPT, SPTE_BITS_NPT } from './verbs.js';
 
 /** Guest memory sits at GUEST_HVA_BASE + gpa in the VMM, which must stay below the 47-bit user address space. */
 export const GPA_LIMIT = 2 ** 47 - 4096 - 0x7f00_0000_0000;
@@ -77,6 +77,7 @@ class VmChecker {
   private readonly hostBytes: number;
   private readonly physLimit: number;
   private readonly guest: GuestTables | null = null;
+  private readonly mglru: boolean;
 
   constructor(readonly t: Trace) {
     const c = t.commands[0];
@@ -88,6 +89,18 @@ class VmChecker {
     if (o.tdp === 'npt' && c.args.has('levels')) this.fail(c, 'levels', `vm: levels= is the EPT walk length; NPT uses the host's 4-level mode`);
     if (o.memory % this.hostBytes !== 0) this.fail(c, 'memory', `vm: memory ${hex(o.memory)} is not a multiple of the ${SIZE[o.hostLevel]} host page`);
     if (o.memory > this.physLimit) this.fail(c, 'memory', `vm: memory ${hex(o.memory)} does not fit below ${hex(this.physLimit)}`);
+    this.mglru = c.args.get('lru')?.value === 'mglru';
+    if (c.args.has('policy') && !this.mglru) this.fail(c, 'policy', `vm: policy= chooses how MGLRU asks KVM about young pages; it needs lru=mglru`);
+    const hm = num(c, 'host_memory');
+    if (hm !== undefined && (hm === 0 || hm % 4096 !== 0)) this.fail(c, 'host_memory', `vm: host_memory ${hex(hm)} is not a non-zero multiple of 4K`);
+    const sw = num(c, 'swap');
+    if (sw !== undefined && (sw === 0 || sw % 4096 !== 0 || sw > 2 ** 36)) this.fail(c, 'swap', `vm: swap ${hex(sw)} is not a non-zero multiple of 4K (at most 64G)`);
+    if (o.hostLevel !== 1) {
+      const k = MM_VM_KEYS.find((x) => c.args.has(x));
+      if (k !== undefined) this.fail(c, k, `vm: ${k}= needs host_page=4k (the host-mm layer reclaims 4K folios only)`);
+      const m = t.commands.find((x) => MM_VERBS.includes(x.verb));
+      if (m !== undefined) this.fail(m, null, `${m.verb}: needs host_page=4k (the host-mm layer reclaims 4K folios only)`);
+    }
     if (o.memory > 0) {
       this.slots.push({ id: 0, gpa: 0, size: o.memory, readonly: false, dirtyLog: false, unmappedAt: 0 });
       this.guest = new GuestTables(o.memory, 0, (gpa) => this.tableWrite(gpa));
@@ -139,6 +152,43 @@ class VmChecker {
         else if (!s.dirtyLog) this.fail(c, 'slot', `dirty_log get: memslot ${s.id} does not log dirty pages (no 'dirty_log enable' for it before)`);
         return;
       }
+      case 'mprotect': {
+        this.hostRange(c);
+        const s = this.slotAt(num(c, 'gpa')!)!;
+        if (num(c, 'gpa') !== s.gpa || num(c, 'size') !== s.size) this.fail(c, 'gpa', `mprotect: changes whole memslots only: memslot ${s.id} is gpa ${hex(s.gpa)}, size ${hex(s.size)}`);
+        return;
+      }
+      case 'lru_age':
+        if (!this.mglru) this.fail(c, null, `lru_age: an MGLRU aging pass needs lru=mglru on the vm line`);
+        return;
+      case 'page_idle mark':
+      case 'page_idle read':
+      case 'expect data': {
+        const gpa = num(c, 'gpa');
+        const size = num(c, 'size');
+        if (gpa === undefined) {
+          if (size !== undefined) this.fail(c, 'size', `${c.verb}: size= needs gpa=`);
+          return;
+        }
+        return this.range(c, gpa, size ?? 4096, 4096);
+      }
+      case 'expect folio': {
+        const gpa = num(c, 'gpa')!;
+        if (this.slotAt(gpa) === undefined) this.fail(c, 'gpa', `expect folio: gpa ${hex(gpa)} is not in a memslot`);
+        if (c.args.has('gen') && !this.mglru) this.fail(c, 'gen', `expect folio: gen= is an MGLRU generation; this VM uses the classic LRU (lru=mglru on the vm line)`);
+        return;
+      }
+      case 'expect lru': {
+        const keys = this.mglru ? ['active', 'inactive'] : ['gen0', 'gen1', 'gen2', 'gen3', 'max_seq', 'min_seq', 'nr_gens'];
+        const k = keys.find((x) => c.args.has(x));
+        if (k !== undefined) {
+          this.fail(c, k, this.mglru
+            ? `expect lru: ${k}= counts a classic list; with lru=mglru check gen0..gen3, max_seq, min_seq, nr_gens`
+            : `expect lru: ${k}= is MGLRU's; with the classic LRU check active=, inactive=`);
+        }
+        if (c.args.size === 0) this.fail(c, null, `expect lru: nothing to check (${this.mglru ? 'gen0..gen3, max_seq, min_seq, nr_gens' : 'active, inactive'})`);
+        return;
+      }
       case 'expect spte':
         return this.expectSpte(c);
       case 'expect dirty': {
@@ -153,6 +203,10 @@ class VmChecker {
   }
 
   private guestMap(c: Command): void {
+    const reclaim = this.t.commands.find((x) => x.verb === 'reclaim') ?? (this.t.commands[0].args.has('host_memory') ? this.t.commands[0] : undefined);
+    if (reclaim !== undefined) {
+      this.fail(c, null, `${c.verb}: guest page tables would be reclaimed (${reclaim.verb === 'vm' ? 'host_memory=' : 'reclaim'} at line ${reclaim.line}), and swap keeps data tokens, not bytes; run the guest with paging off (cpu cr0=0x11), see docs/mm.md section 5`);
+    }
     const { level, bytes, size } = guestPages(c);
     const gva = (c.args.get('gva')?.value as Long | undefined) ?? null;
     const gpa = num(c, 'gpa') ?? 0;

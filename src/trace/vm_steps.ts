@@ -7,7 +7,7 @@
  */
 import type Long from 'long';
 import { runProgram } from '../hw/sched.js';
-import { AccessResult } from '../hw/result.js';
+import { AccessKind, AccessResult, Outcome } from '../hw/result.js';
 import type { EventFields } from '../kvm/events.js';
 import { KVM_MEM_READONLY } from '../kvm/memslots.js';
 import { spteToPfn } from '../kvm/spte.js';
@@ -19,6 +19,7 @@ import type { Step } from './steps.js';
 import { describeSpte, findSpte, spteBits } from './spte_view.js';
 import { guestPages, leafBits, num, vmOptions } from './vm_check.js';
 import type { COUNTERS } from './verbs.js';
+import { MmSession, notifierCounter, usesMm } from './vm_mm.js';
 
 /** What a VM verb with a result prints, and what `expect` then checks. */
 export type VmRecord = Record<string, string | number | string[]>;
@@ -28,6 +29,8 @@ type CounterName = (typeof COUNTERS)[number];
 export class VmSession {
   readonly kvm: Kvm;
   private readonly guest: GuestTables | null;
+  /** The host-mm layer (docs/mm.md), when the trace uses it. */
+  readonly mm: MmSession | null;
   private readonly out: GuestAccess = { result: new AccessResult(), exits: 0, userExit: null };
 
   constructor(trace: Trace, events: { names: readonly string[]; sink: (name: string, fields: EventFields) => void } | null) {
@@ -35,6 +38,7 @@ export class VmSession {
     this.kvm = new Kvm(o);
     if (events !== null && events.names.length > 0) this.kvm.events.enable(events.names, events.sink);
     this.guest = o.memory > 0 ? new GuestTables(o.memory, 0, (gpa, lo, hi) => this.writeGuest(gpa, lo, hi)) : null;
+    this.mm = usesMm(trace) ? new MmSession(this.kvm, trace.commands[0]) : null;
   }
 
   /** A store by the VMM into guest memory: gpa -> memslot hva -> host page (faulted in) -> host frame. */
@@ -54,6 +58,11 @@ export class VmSession {
     if (!this.kvm.enter(s.vcpu, s.laHi, s.laLo, s.kind, s.size, this.out)) {
       runProgram(this.kvm.handleExits(s.vcpu, s.laHi, s.laLo, s.kind, s.size, this.out));
     }
+    const mm = this.mm;
+    if (mm !== null) {
+      if (s.kind === AccessKind.Write && this.out.result.outcome === Outcome.Ok && this.out.userExit === null) mm.guestWrite(this.out.result.hpa);
+      mm.balance();
+    }
     return this.out;
   }
 
@@ -65,6 +74,7 @@ export class VmSession {
       case 'guest map':
       case 'guest identity':
         this.guestMap(c);
+        this.mm?.balance();
         return null;
       case 'memslot': {
         const gpa = num(c, 'gpa')!;
@@ -99,6 +109,30 @@ export class VmSession {
         }
         const gfns = runProgram(kvm.getDirtyLog(slot));
         return { line: s.line, op: 'dirty_log', slot, dirty: gfns.map(hexNum) };
+      }
+      case 'mprotect':
+        runProgram(kvm.mm.mprotect(GUEST_HVA_BASE + num(c, 'gpa')!, num(c, 'size')!, { writable: c.words.has('rw') }));
+        return null;
+      case 'reclaim': {
+        const want = (c.args.get('pages')?.value as number | undefined) ?? 32;
+        const reclaimed = this.mm!.doReclaim(want, c.args.get('priority')?.value as number | undefined);
+        return { line: s.line, op: 'reclaim', reclaimed, lru_pages: this.mm!.lruPages };
+      }
+      case 'lru_age': {
+        const r = this.mm!.age();
+        return { line: s.line, op: 'lru_age', max_seq: r.maxSeq, min_seq: r.minSeq };
+      }
+      case 'page_idle mark': {
+        const gpa = num(c, 'gpa')!;
+        const size = num(c, 'size') ?? 4096;
+        const r = this.mm!.idleMark(gpa, size);
+        return { line: s.line, op: 'page_idle_mark', gpa: hexNum(gpa), size: hexNum(size), marked: r.pages };
+      }
+      case 'page_idle read': {
+        const gpa = num(c, 'gpa')!;
+        const size = num(c, 'size') ?? 4096;
+        const r = this.mm!.idleRead(gpa, size);
+        return { line: s.line, op: 'page_idle_read', gpa: hexNum(gpa), size: hexNum(size), resident: r.resident, idle: r.idle.length, idle_gfns: r.idle.map(hexNum) };
       }
       default:
         throw new Error(`assertion: VM verb '${c.verb}' has no runner`);
@@ -210,7 +244,37 @@ export class VmSession {
       case 'splits': return t.splits;
       case 'host_faults': return k.mm.faults;
       case 'pfn_dirtied': return s.pfnDirtied;
+      default: return this.mm?.counter(name) ?? notifierCounter(k, name) ?? 0;
     }
+  }
+
+  /** `expect folio`: the host folio behind a guest page. */
+  expectFolio(c: Command): string[] {
+    const gpa = num(c, 'gpa')!;
+    const got = this.mm!.folio(gpa);
+    const fails: string[] = [];
+    const ctx = Object.entries(got).map(([k, v]) => `${k}=${v}`).join(' ');
+    for (const [k, a] of c.args) {
+      if (k === 'gpa') continue;
+      const g = got[k];
+      if (g === undefined) fails.push(`expect folio ${k}: expected ${a.value as string | number}, got no resident folio at gpa ${hexNum(gpa)} (${ctx})`);
+      else if (g !== a.value) fails.push(`expect folio ${k}: expected ${a.value as string | number}, got ${g} (gpa ${hexNum(gpa)}: ${ctx})`);
+    }
+    return fails;
+  }
+
+  /** `expect lru`: list sizes or generations. */
+  expectLru(c: Command): string[] {
+    const got = this.mm!.lruState();
+    const ctx = Object.entries(got).map(([k, v]) => `${k}=${v}`).join(' ');
+    const fails: string[] = [];
+    for (const [k, a] of c.args) if (got[k] !== a.value) fails.push(`expect lru ${k}: expected ${a.value as number}, got ${got[k]} (${ctx})`);
+    return fails;
+  }
+
+  /** `expect data`: every page of the range holds its last write. */
+  expectData(c: Command): string[] {
+    return this.mm!.checkData(num(c, 'gpa'), num(c, 'size'));
   }
 
   expectCounter(c: Command): string[] {

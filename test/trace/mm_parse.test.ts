@@ -1,0 +1,68 @@
+/** Parsing the host-mm verbs of VM-level traces (docs/mm.md) and their whole-file checks. */
+import { describe, expect, it } from 'vitest';
+import { TraceError } from '../../src/trace/ast.js';
+import { parseTrace } from '../../src/trace/parse.js';
+import { usesMm } from '../../src/trace/vm_mm.js';
+
+function err(text: string): string {
+  try {
+    parseTrace('t.trace', text);
+  } catch (e) {
+    expect(e).toBeInstanceOf(TraceError);
+    return (e as Error).message;
+  }
+  throw new Error('expected a TraceError');
+}
+
+const VM = 'vm tdp=ept memory=64K lru=mglru policy=v3-bitmap host_memory=32K swap=1M\n';
+
+describe('host-mm verbs: parsing', () => {
+  it('names the verbs and sub-verbs and reads their keys and words', () => {
+    const t = parseTrace(
+      't.trace',
+      VM + 'reclaim pages=4 priority=3\nlru_age\nmprotect gpa=0 size=64K ro\npage_idle mark gpa=0x1000 size=8K\npage_idle read gpa=0\n' +
+        'expect folio gpa=0x1000 lru=active gen=3 referenced=0 idle=1 young=0 dirty=1 swapped=0 workingset=0 mapped=1\n' +
+        'expect lru gen0=1 max_seq=3 min_seq=0 nr_gens=4\nexpect data gpa=0 size=8K\nexpect data\n' +
+        'expect counter evicted=0 refaults=0 swap_outs=0 swap_ins=0 kswapd_wakeups=0 lru_pages=0 notifier_calls=0 calls_clear_young=0 event_protection_vma=0\n',
+    );
+    expect(t.commands.map((c) => c.verb)).toEqual([
+      'vm', 'reclaim', 'lru_age', 'mprotect', 'page_idle mark', 'page_idle read', 'expect folio', 'expect lru', 'expect data', 'expect data', 'expect counter',
+    ]);
+    expect(t.commands[0].args.get('policy')!.value).toBe('v3-bitmap');
+    expect(t.commands[1].args.get('priority')!.value).toBe(3);
+    expect([...t.commands[3].words]).toEqual(['ro']);
+    expect(t.commands[6].args.get('lru')!.value).toBe('active');
+    expect(usesMm(t)).toBe(true);
+  });
+
+  it('a VM trace without host-mm keys or verbs does not switch the layer on', () => {
+    expect(usesMm(parseTrace('t.trace', 'vm tdp=ept\naccess gva=0 read\nexpect counter exits=0\n'))).toBe(false);
+    expect(usesMm(parseTrace('t.trace', 'vm tdp=ept swap=4K\n'))).toBe(true);
+    expect(usesMm(parseTrace('t.trace', 'vm tdp=ept\nexpect data\n'))).toBe(true);
+  });
+
+  it('refuses the verbs in hardware-level traces', () => {
+    expect(err('machine mode=ept\nreclaim\n')).toMatch(/^t\.trace:2:1: reclaim: /);
+    expect(err('machine mode=ept\nexpect folio gpa=0\n')).toMatch(/^t\.trace:2:/);
+  });
+
+  it('checks values and combinations before anything runs', () => {
+    expect(err('vm tdp=ept lru=lifo\n')).toMatch(/^t\.trace:1:12: vm: lru must be one of/);
+    expect(err('vm tdp=ept lru=classic policy=current\n')).toBe('t.trace:1:24: vm: policy= chooses how MGLRU asks KVM about young pages; it needs lru=mglru');
+    expect(err('vm tdp=ept swap=0\n')).toBe('t.trace:1:12: vm: swap 0x0 is not a non-zero multiple of 4K (at most 64G)');
+    expect(err('vm tdp=ept host_page=2m\nreclaim\n')).toBe('t.trace:2:1: reclaim: needs host_page=4k (the host-mm layer reclaims 4K folios only)');
+    expect(err('vm tdp=ept\nexpect folio gpa=0 gen=1\n')).toBe("t.trace:2:20: expect folio: gen= is an MGLRU generation; this VM uses the classic LRU (lru=mglru on the vm line)");
+    expect(err(VM + 'expect lru active=1\n')).toBe('t.trace:2:12: expect lru: active= counts a classic list; with lru=mglru check gen0..gen3, max_seq, min_seq, nr_gens');
+    expect(err(VM + 'expect lru\n')).toBe('t.trace:2:1: expect lru: nothing to check (gen0..gen3, max_seq, min_seq, nr_gens)');
+    expect(err(VM + 'page_idle read gpa=0x1000 size=100\n')).toBe('t.trace:2:27: page_idle read: size 0x64 is not a non-zero multiple of 4K');
+    expect(err(VM + 'page_idle read size=4K\n')).toMatch(/^t\.trace:2:1: page_idle read: missing required key 'gpa'/);
+    expect(err(VM + 'mprotect gpa=0 size=64K\n')).toMatch(/^t\.trace:2:1: mprotect: /);
+    expect(err(VM + 'mprotect gpa=0x20000 size=64K rw\n')).toBe('t.trace:2:10: mprotect: gpa range 0x20000+0x10000 is not inside one memslot');
+    expect(err(VM + 'expect folio gpa=0x10000\n')).toBe('t.trace:2:14: expect folio: gpa 0x10000 is not in a memslot');
+    expect(err('vm tdp=ept\nguest map gva=0 gpa=0\nreclaim\n')).toBe(
+      't.trace:2:1: guest map: guest page tables would be reclaimed (reclaim at line 3), and swap keeps data tokens, not bytes; run the guest with paging off (cpu cr0=0x11), see docs/mm.md section 5',
+    );
+    expect(err(VM + 'guest identity size=64K\n')).toMatch(/^t\.trace:2:1: guest identity: guest page tables would be reclaimed \(host_memory= at line 1\)/);
+    expect(err(VM + 'expect counter swap_outz=1\n')).toMatch(/^t\.trace:2:16: expect counter: unknown key 'swap_outz'/);
+  });
+});
