@@ -25,12 +25,17 @@ import { num } from './vm_check.js';
 
 const PAGE = 4096;
 
-/** Whether a VM-level trace uses the host-mm layer. */
+/** Whether a VM-level trace uses the host-mm layer (decided once per trace: replays run it many times). */
 export function usesMm(t: Trace): boolean {
-  const vm = t.commands[0];
-  if (MM_VM_KEYS.some((k) => vm.args.has(k))) return true;
-  return t.commands.some((c) => MM_VERBS.includes(c.verb));
+  let uses = usesMmOf.get(t);
+  if (uses === undefined) {
+    const vm = t.commands[0];
+    uses = MM_VM_KEYS.some((k) => vm.args.has(k)) || t.commands.some((c) => MM_VERBS.includes(c.verb));
+    usesMmOf.set(t, uses);
+  }
+  return uses;
 }
+const usesMmOf = new WeakMap<Trace, boolean>();
 
 export type LruKind = 'classic' | 'mglru';
 
