@@ -6,6 +6,7 @@
  * nobody else to run is an assertion failure.
  */
 import type { PhysMem } from '../hw/phys_mem.js';
+import { RcuDomain } from '../mm/rcu.js';
 
 function mustWait(mem: PhysMem, what: string): void {
   if (!mem.yields) throw new Error(`assertion: ${what} would wait forever: no other simulated CPU can release it`);
@@ -65,54 +66,17 @@ export class MmuLock {
 }
 
 /**
- * RCU: read sections and callbacks that run once every section open when
- * they were queued has closed (a grace period). Page-table pages of the TDP
- * MMU are freed through call_rcu, so lockless walkers never see a page reused.
+ * RCU as KVM uses it: read sections around lockless walks, and call_rcu for
+ * page-table pages of the TDP MMU, so lockless walkers never see a page reused.
  */
-export class Rcu {
-  private nextReader = 1;
-  private readonly readers = new Set<number>();
-  private readonly pending: { cb: () => void; waitFor: Set<number> }[] = [];
-  /** Grace periods completed (callbacks run). */
-  callbacksRun = 0;
-
-  /** rcu_read_lock; returns the section's token for rcuReadUnlock. */
-  readLock(): number {
-    const t = this.nextReader++;
-    this.readers.add(t);
-    return t;
-  }
-
-  readUnlock(token: number): void {
-    if (!this.readers.delete(token)) throw new Error('assertion: rcu_read_unlock without rcu_read_lock');
-    for (const p of this.pending) p.waitFor.delete(token);
-    this.runReady();
+export class Rcu extends RcuDomain {
+  /** call_rcu. */
+  callRcu(cb: () => void): void {
+    this.call(cb);
   }
 
   get inReadSection(): boolean {
-    return this.readers.size > 0;
-  }
-
-  /** call_rcu: run cb after a grace period (at once if no reader is inside). */
-  callRcu(cb: () => void): void {
-    this.pending.push({ cb, waitFor: new Set(this.readers) });
-    this.runReady();
-  }
-
-  /** Callbacks still waiting for their grace period. */
-  get pendingCallbacks(): number {
-    return this.pending.length;
-  }
-
-  private runReady(): void {
-    for (let i = 0; i < this.pending.length; ) {
-      const p = this.pending[i];
-      if (p.waitFor.size === 0) {
-        this.pending.splice(i, 1);
-        this.callbacksRun++;
-        p.cb();
-      } else i++;
-    }
+    return this.readersInside > 0;
   }
 }
 
