@@ -196,6 +196,11 @@ export class TdpMmu {
     return root;
   }
 
+  /** for_each_valid_tdp_mmu_root: the roots of an address space that are not invalid. */
+  private validRoots(asId: number): KvmMmuPage[] {
+    return this.roots.filter((r) => !r.invalid && r.asId === asId);
+  }
+
   // -------------------------------------------------------------------------
   // Setting SPTEs (section 4.1)
 
@@ -562,8 +567,7 @@ export class TdpMmu {
     let young = false;
     const token = vm.rcu.readLock();
     try {
-      for (const root of this.roots) {
-        if (root.invalid || root.asId !== range.slot.as_id) continue;
+      for (const root of this.validRoots(range.slot.as_id)) {
         const it = new TdpIter(mem);
         if (mem.yields) yield;
         for (tdpIterStart(it, root, PG_LEVEL_4K, range.start); it.valid && it.gfn < range.end; ) {
@@ -650,8 +654,7 @@ export class TdpMmu {
     vm.mmuLock.assertHeld('read');
     let set = false;
     const token = vm.rcu.readLock();
-    for (const root of this.roots) {
-      if (root.invalid || root.asId !== slot.as_id) continue;
+    for (const root of this.validRoots(slot.as_id)) {
       const it = new TdpIter(mem);
       const end = slot.base_gfn + slot.npages;
       if (mem.yields) yield;
@@ -684,8 +687,7 @@ export class TdpMmu {
     let set = false;
     const mask = PT_WRITABLE_MASK | vm.flavour.mmuWritableMask;
     const token = vm.rcu.readLock();
-    for (const root of this.roots) {
-      if (root.invalid || root.asId !== slot.as_id) continue;
+    for (const root of this.validRoots(slot.as_id)) {
       const it = new TdpIter(mem);
       if (mem.yields) yield;
       for (tdpIterStart(it, root, minLevel, gfn); it.valid && it.gfn < gfn + 1; ) {
@@ -714,8 +716,7 @@ export class TdpMmu {
     const mem = vm.mem;
     vm.mmuLock.assertHeld('write');
     const token = vm.rcu.readLock();
-    for (const root of this.roots) {
-      if (root.invalid || root.asId !== slot.as_id) continue;
+    for (const root of this.validRoots(slot.as_id)) {
       let m = mask;
       while (m !== 0n) {
         let i = 0;
