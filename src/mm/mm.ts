@@ -62,6 +62,8 @@ export interface SwapHooks {
   free(lo: number, hi: number): void;
   /** Content token of the swapped-out page (for the integrity check). */
   token(lo: number, hi: number): number;
+  /** folio_free_swap: drop a cached folio's slot when no swap PTE names it (MADV_FREE uses it); false if still in use. */
+  freeSwap?(head: number): boolean;
 }
 
 /** One mismatch of checkIntegrity: what the page should hold and what a read would return. */
@@ -374,6 +376,29 @@ export class MmStruct {
       if (v.tokens === null || v.end <= start || end <= v.start) continue;
       v.tokens.fill(0, (Math.max(start, v.start) - v.start) / PAGE_SIZE, (Math.min(end, v.end) - v.start) / PAGE_SIZE);
     }
+  }
+
+  /** folio_put for the mm operations outside this file (migration's source folio): frees the folio on the last reference. */
+  folioPut(head: number): void {
+    this.putFolio(head);
+  }
+
+  /**
+   * copy_vma for mremap's move (src/mm/mremap.ts): a new area at newStart
+   * with the old one's size, flags and anon_vma (folio->index is kept, as
+   * vm_pgoff is), which becomes the anon_vma's owner. The old area stays
+   * until the caller unmaps it.
+   */
+  copyVmaTo(vma: VmArea, newStart: number): VmArea {
+    const len = vma.end - vma.start;
+    const end = newStart + len;
+    if (this.vmas.some((v) => v.start < end && newStart < v.end)) throw new RangeError(`mremap: 0x${newStart.toString(16)}..0x${end.toString(16)} overlaps a mapping`);
+    const neu: VmArea = { mm: this, start: newStart, end, writable: vma.writable, level: vma.level, anonVma: vma.anonVma, tokens: vma.tokens };
+    if (vma.vmFlags !== undefined) neu.vmFlags = vma.vmFlags;
+    vma.tokens = null;
+    this.folios.mappings[vma.anonVma] = neu;
+    this.vmas.push(neu);
+    return neu;
   }
 
   /** folio_put: the last reference takes the folio off the LRU and frees its frames. */

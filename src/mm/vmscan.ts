@@ -20,6 +20,7 @@ import {
 } from './folio.js';
 import { PAGE_SIZE, VM_EXEC, VM_LOCKED, type MmStruct } from './mm.js';
 import type { Program } from './mmu_notifier.js';
+import { isLazyfree, tryToUnmapLazyfree } from './madvise_free.js';
 import { HostRmap } from './rmap.js';
 import { SwapDevice } from './swap.js';
 import { Workingset } from './workingset.js';
@@ -74,6 +75,8 @@ export class Reclaimer {
   };
   /** MGLRU, when enabled. */
   lruGen: LruGenReclaim | null = null;
+  /** MADV_FREE folios met by shrink_folio_list: discarded clean (PGLAZYFREED), or found written again and kept. */
+  readonly lazyfree = { freed: 0, redirtied: 0 };
   readonly folios: FolioTable;
 
   constructor(
@@ -88,7 +91,8 @@ export class Reclaimer {
   /** Pages on the anon LRU lists (what the budget of balance() counts). */
   get lruPages(): number {
     const n = this.folios.nrPages;
-    return n[LruList.ActiveAnon] + n[LruList.InactiveAnon];
+    // The file lists hold only MADV_FREE folios here (src/mm/madvise_free.ts).
+    return n[LruList.ActiveAnon] + n[LruList.InactiveAnon] + n[LruList.InactiveFile] + n[LruList.ActiveFile];
   }
 
   /**
@@ -155,7 +159,9 @@ export class Reclaimer {
   private putback(heads: number[]): void {
     const f = this.folios;
     for (const head of heads) {
-      f.lruAdd(head, f.test(head, PG_active) ? LruList.ActiveAnon : LruList.InactiveAnon);
+      // folio_lru_list: lazyfree folios (not swap-backed) go to the file lists.
+      const anon = f.test(head, PG_swapbacked);
+      f.lruAdd(head, f.test(head, PG_active) ? (anon ? LruList.ActiveAnon : LruList.ActiveFile) : anon ? LruList.InactiveAnon : LruList.InactiveFile);
       if (f.put(head)) {
         f.lruDel(head);
         this.mm.pages.freePages(head * PAGE_SIZE, f.order(head));
@@ -214,6 +220,25 @@ export class Reclaimer {
       if (refs === FolioReferences.Keep) {
         this.stats.kept += nr;
         remaining.push(head);
+        continue;
+      }
+      if (isLazyfree(this.mm, head)) {
+        // MADV_FREE: no swap slot; try_to_unmap discards a clean folio, keeps one written again.
+        if (!(yield* tryToUnmapLazyfree(this.mm, head))) {
+          this.lazyfree.redirtied += nr;
+          activate(head);
+          continue;
+        }
+        if (f.refcount[f.idx(head)] !== 1) {
+          remaining.push(head);
+          continue;
+        }
+        f.refcount[f.idx(head)] = 0;
+        f.clear(head, PG_active | PG_referenced | PG_workingset);
+        this.mm.pages.freePages(head * PAGE_SIZE, f.order(head));
+        reclaimed += nr;
+        this.stats.evicted += nr;
+        this.lazyfree.freed += nr;
         continue;
       }
       if (f.test(head, PG_swapbacked) && !f.test(head, PG_swapcache) && !swap.addToSwap(head)) {
@@ -290,7 +315,9 @@ export class Reclaimer {
     let reclaimed = 0;
     let inactive = Math.max(Math.floor(n[LruList.InactiveAnon] / 2 ** priority), Math.min(n[LruList.InactiveAnon], SWAP_CLUSTER_MAX));
     let active = Math.max(Math.floor(n[LruList.ActiveAnon] / 2 ** priority), Math.min(n[LruList.ActiveAnon], SWAP_CLUSTER_MAX));
-    while ((inactive > 0 || active > 0) && reclaimed < nrToReclaim) {
+    // The inactive file list holds MADV_FREE folios only (madvise_free.ts): scanned after the anon lists, as for_each_evictable_lru does.
+    let file = Math.max(Math.floor(n[LruList.InactiveFile] / 2 ** priority), Math.min(n[LruList.InactiveFile], SWAP_CLUSTER_MAX));
+    while ((inactive > 0 || active > 0 || file > 0) && reclaimed < nrToReclaim) {
       if (active > 0) {
         const batch = Math.min(active, SWAP_CLUSTER_MAX);
         active -= batch;
@@ -300,6 +327,15 @@ export class Reclaimer {
         const batch = Math.min(inactive, SWAP_CLUSTER_MAX);
         inactive -= batch;
         reclaimed += yield* this.shrinkInactiveList(batch);
+      }
+      if (file > 0 && reclaimed < nrToReclaim) {
+        const batch = Math.min(file, SWAP_CLUSTER_MAX);
+        file -= batch;
+        const heads = this.isolate(LruList.InactiveFile, batch);
+        for (const h of heads) this.stats.scanned += 2 ** this.folios.order(h);
+        const r = yield* this.shrinkFolioList(heads);
+        this.putback(r.remaining);
+        reclaimed += r.reclaimed;
       }
     }
     if (this.inactiveIsLow()) yield* this.shrinkActiveList(SWAP_CLUSTER_MAX);

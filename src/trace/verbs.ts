@@ -221,6 +221,14 @@ export const VERBS: Record<string, VerbSpec> = {
   lru_age: { keys: {}, scope: 'vm' },
   /** mprotect of whole memslots' memory: PROTECTION_VMA invalidation. */
   mprotect: { keys: { gpa: u64, size }, required: ['gpa', 'size'], words: [['ro', 'rw']], requiredWords: [0], scope: 'vm' },
+  /** mremap(MREMAP_MAYMOVE|MREMAP_FIXED) of a whole memslot's memory to hva `to` (UNMAP twice; the memslot keeps the old hva). */
+  mremap: { keys: { gpa: u64, size, to: u64 }, required: ['gpa', 'size', 'to'], scope: 'vm' },
+  /** madvise(MADV_FREE) on guest memory: CLEAR; PTEs old and clean, folios lazyfree (classic LRU, 4K host pages). */
+  madvise_free: { keys: { gpa: u64, size }, required: ['gpa', 'size'], scope: 'vm' },
+  /** migrate_pages of the folio backing the guest page at gpa: CLEAR, migration entry, new frame (classic LRU, 4K host pages). */
+  migrate: { keys: { gpa: u64 }, required: ['gpa'], scope: 'vm' },
+  /** echo 4 > /proc/PID/clear_refs for the VMM: SOFT_DIRTY over the whole mm, every PTE write-protected and soft-clean. */
+  clear_soft_dirty: { keys: {}, scope: 'vm' },
   /** /sys/kernel/mm/page_idle/bitmap for the frames backing a gpa range. */
   page_idle: {
     keys: {},
@@ -234,5 +242,7 @@ export const VERBS: Record<string, VerbSpec> = {
 };
 
 /** Verbs and `vm` keys that switch on the host-mm layer of a VM-level trace (reclaim, swap, data tokens). */
-export const MM_VERBS: readonly string[] = ['reclaim', 'lru_age', 'mprotect', 'page_idle mark', 'page_idle read', 'expect folio', 'expect lru', 'expect data'];
+export const MM_VERBS: readonly string[] = [
+  'reclaim', 'lru_age', 'mprotect', 'page_idle mark', 'page_idle read', 'expect folio', 'expect lru', 'expect data', 'madvise_free', 'migrate',
+];
 export const MM_VM_KEYS: readonly string[] = ['lru', 'policy', 'host_memory', 'swap'];

@@ -12,6 +12,9 @@ import { TraceError, type Command, type Trace } from './ast.js';
 import { canonical4, GuestMapError, GuestTables, pageLevelBytes, type LeafBits } from './guest_tables.js';
 import { MM_VERBS, MM_VM_KEYS, SPTE_BITS_EPT, SPTE_BITS_NPT } from './verbs.js';
 
+/** GUEST_HVA_BASE of src/kvm/vm.ts: where guest memory's hvas start (mremap targets stay below it). */
+const GUEST_MEMORY_HVA = 0x7f00_0000_0000;
+
 /** Guest memory sits at GUEST_HVA_BASE + gpa in the VMM, which must stay below the 47-bit user address space. */
 export const GPA_LIMIT = 2 ** 47 - 4096 - 0x7f00_0000_0000;
 /** More pages than this in one `guest` command would take too long to build: use larger pages. */
@@ -78,6 +81,8 @@ class VmChecker {
   private readonly physLimit: number;
   private readonly guest: GuestTables | null = null;
   private readonly mglru: boolean;
+  /** Areas moved by mremap (their new hvas), for overlap checks. */
+  private readonly moved: { to: number; size: number; line: number }[] = [];
 
   constructor(readonly t: Trace) {
     const c = t.commands[0];
@@ -156,6 +161,32 @@ class VmChecker {
         this.hostRange(c);
         const s = this.slotAt(num(c, 'gpa')!)!;
         if (num(c, 'gpa') !== s.gpa || num(c, 'size') !== s.size) this.fail(c, 'gpa', `mprotect: changes whole memslots only: memslot ${s.id} is gpa ${hex(s.gpa)}, size ${hex(s.size)}`);
+        return;
+      }
+      case 'mremap': {
+        this.hostRange(c);
+        const s = this.slotAt(num(c, 'gpa')!)!;
+        if (num(c, 'gpa') !== s.gpa || num(c, 'size') !== s.size) this.fail(c, 'gpa', `mremap: moves whole memslots only: memslot ${s.id} is gpa ${hex(s.gpa)}, size ${hex(s.size)}`);
+        const to = num(c, 'to')!;
+        const size = s.size;
+        if (to % this.hostBytes !== 0) this.fail(c, 'to', `mremap: to ${hex(to)} is not aligned to the ${SIZE[this.opts.hostLevel]} host page`);
+        if (to < 2 ** 32 || to + size > GUEST_MEMORY_HVA) this.fail(c, 'to', `mremap: to ${hex(to)}+${hex(size)} must lie in [0x100000000, ${hex(GUEST_MEMORY_HVA)}) (below guest memory's hvas)`);
+        const clash = this.moved.find((m) => to < m.to + m.size && m.to < to + size);
+        if (clash !== undefined) this.fail(c, 'to', `mremap: to ${hex(to)}+${hex(size)} overlaps the area moved at line ${clash.line}`);
+        this.moved.push({ to, size, line: c.line });
+        s.unmappedAt = c.line;
+        return;
+      }
+      case 'madvise_free':
+      case 'migrate': {
+        if (this.mglru) this.fail(c, null, `${c.verb}: not modelled with lru=mglru (lazyfree and migrated folios on MGLRU lists); use the classic LRU`);
+        if (this.opts.hostLevel !== 1) this.fail(c, null, `${c.verb}: needs host_page=4k (huge folios are not split)`);
+        if (c.verb === 'madvise_free') return this.hostRange(c);
+        const gpa = num(c, 'gpa')!;
+        if (gpa % 4096 !== 0) this.fail(c, 'gpa', `migrate: gpa ${hex(gpa)} is not 4K aligned`);
+        const s = this.slotAt(gpa);
+        if (s === undefined) this.fail(c, 'gpa', `migrate: gpa ${hex(gpa)} is not in a memslot`);
+        if (s.unmappedAt !== 0) this.fail(c, 'gpa', `migrate: memslot ${s.id}'s memory was unmapped at line ${s.unmappedAt}`);
         return;
       }
       case 'lru_age':

@@ -12,6 +12,11 @@ import type { EventFields } from '../kvm/events.js';
 import { KVM_MEM_READONLY } from '../kvm/memslots.js';
 import { spteToPfn } from '../kvm/spte.js';
 import { GUEST_HVA_BASE, Kvm, type GuestAccess } from '../kvm/vm.js';
+import { PG_swapcache } from '../mm/folio.js';
+import { madviseFree } from '../mm/madvise_free.js';
+import { migrateFolio } from '../mm/migrate.js';
+import { mremapMove } from '../mm/mremap.js';
+import { clearSoftDirty } from '../mm/soft_dirty.js';
 import type { Command, Trace } from './ast.js';
 import { GuestTables } from './guest_tables.js';
 import { hexNum } from './hex.js';
@@ -113,6 +118,32 @@ export class VmSession {
       case 'mprotect':
         runProgram(kvm.mm.mprotect(GUEST_HVA_BASE + num(c, 'gpa')!, num(c, 'size')!, { writable: c.words.has('rw') }));
         return null;
+      case 'mremap': {
+        const gpa = num(c, 'gpa')!;
+        const size = num(c, 'size')!;
+        const to = num(c, 'to')!;
+        const r = runProgram(mremapMove(kvm.mm, GUEST_HVA_BASE + gpa, size, to));
+        return { line: s.line, op: 'mremap', gpa: hexNum(gpa), size: hexNum(size), to: hexNum(to), moved: r.moved };
+      }
+      case 'madvise_free': {
+        const gpa = num(c, 'gpa')!;
+        const size = num(c, 'size')!;
+        const r = runProgram(madviseFree(kvm.mm, GUEST_HVA_BASE + gpa, size));
+        return { line: s.line, op: 'madvise_free', gpa: hexNum(gpa), size: hexNum(size), cleaned: r.cleaned, lazyfree: r.lazyfree, swap_freed: r.swapFreed };
+      }
+      case 'migrate': {
+        const gpa = num(c, 'gpa')!;
+        const mm = kvm.mm;
+        const pfn = mm.lookup(GUEST_HVA_BASE + gpa);
+        // Not resident, or in the swap cache (whose migration is not modelled): nothing migrated.
+        const r = pfn === null || mm.folios.test(mm.folios.folioOf(pfn), PG_swapcache) ? null : runProgram(migrateFolio(mm, GUEST_HVA_BASE + gpa));
+        if (r === null) return { line: s.line, op: 'migrate', gpa: hexNum(gpa), migrated: 0 };
+        return { line: s.line, op: 'migrate', gpa: hexNum(gpa), migrated: 1, old_pfn: hexNum(r.oldPfn), new_pfn: hexNum(r.newPfn) };
+      }
+      case 'clear_soft_dirty': {
+        const r = runProgram(clearSoftDirty(kvm.mm));
+        return { line: s.line, op: 'clear_soft_dirty', ptes: r.ptes };
+      }
       case 'reclaim': {
         const want = (c.args.get('pages')?.value as number | undefined) ?? 32;
         const reclaimed = this.mm!.doReclaim(want, c.args.get('priority')?.value as number | undefined);

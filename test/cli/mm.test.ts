@@ -189,6 +189,11 @@ describe('bad host-mm input: exit 2, FILE:LINE:COL, nothing run', () => {
     ['mprotect of part of a memslot', 'vm tdp=ept memory=64K\nmprotect gpa=0 size=4K ro\n', '2:10: mprotect: changes whole memslots only: memslot 0 is gpa 0x0, size 0x10000'],
     ['host_memory not page sized', 'vm tdp=ept host_memory=5\n', '1:12: vm: host_memory 0x5 is not a non-zero multiple of 4K'],
     ['host-mm with 2M host pages', 'vm tdp=ept host_page=2m lru=classic\n', '1:25: vm: lru= needs host_page=4k (the host-mm layer reclaims 4K folios only)'],
+    ['mremap of part of a memslot', 'vm tdp=ept memory=64K\nmremap gpa=0 size=4K to=0x100000000\n', '2:8: mremap: moves whole memslots only: memslot 0 is gpa 0x0, size 0x10000'],
+    ['mremap onto guest memory', 'vm tdp=ept memory=64K\nmremap gpa=0 size=64K to=0x7f0000000000\n', '2:23: mremap: to 0x7f0000000000+0x10000 must lie in [0x100000000, 0x7f0000000000) (below guest memory\'s hvas)'],
+    ['madvise_free after mremap', 'vm tdp=ept memory=64K\nmremap gpa=0 size=64K to=0x100000000\nmadvise_free gpa=0 size=4K\n', "3:14: madvise_free: memslot 0's memory was unmapped at line 2"],
+    ['migrate with MGLRU', 'vm tdp=ept lru=mglru\nmigrate gpa=0\n', '2:1: migrate: not modelled with lru=mglru (lazyfree and migrated folios on MGLRU lists); use the classic LRU'],
+    ['migrate outside memory', 'vm tdp=ept memory=64K\nmigrate gpa=0x20000\n', '2:9: migrate: gpa 0x20000 is not in a memslot'],
   ];
   for (const [name, text, msg] of cases) {
     it(name, () => {
