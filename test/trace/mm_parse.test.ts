@@ -1,18 +1,10 @@
 /** Parsing the host-mm verbs of VM-level traces (docs/mm.md) and their whole-file checks. */
 import { describe, expect, it } from 'vitest';
-import { TraceError } from '../../src/trace/ast.js';
 import { parseTrace } from '../../src/trace/parse.js';
 import { usesMm } from '../../src/trace/vm_mm.js';
+import { parseError } from '../support/trace_error.js';
 
-function err(text: string): string {
-  try {
-    parseTrace('t.trace', text);
-  } catch (e) {
-    expect(e).toBeInstanceOf(TraceError);
-    return (e as Error).message;
-  }
-  throw new Error('expected a TraceError');
-}
+const err = parseError;
 
 const VM = 'vm tdp=ept memory=64K lru=mglru policy=v3-bitmap host_memory=32K swap=1M\n';
 

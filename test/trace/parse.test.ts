@@ -4,19 +4,11 @@ import Long from 'long';
 import { parseNumber, parseSize, parseTrace } from '../../src/trace/parse.js';
 import { TraceError, type Command } from '../../src/trace/ast.js';
 import { VERBS } from '../../src/trace/verbs.js';
+import { parseError } from '../support/trace_error.js';
 
 const M = 'machine mode=native\n';
 
-/** The message of the TraceError that parsing `text` throws. */
-function err(text: string, file = 't.trace'): string {
-  try {
-    parseTrace(file, text);
-  } catch (e) {
-    expect(e).toBeInstanceOf(TraceError);
-    return (e as Error).message;
-  }
-  throw new Error('expected a TraceError');
-}
+const err = parseError;
 
 function numErr(f: () => unknown): string {
   try {

@@ -1,17 +1,9 @@
 /** Parsing VM-level traces: sub-verbs, scope of verbs and keys, and the whole-file VM checks (vm_check.ts). */
 import { describe, expect, it } from 'vitest';
-import { TraceError } from '../../src/trace/ast.js';
 import { parseTrace } from '../../src/trace/parse.js';
+import { parseError } from '../support/trace_error.js';
 
-function err(text: string): string {
-  try {
-    parseTrace('t.trace', text);
-  } catch (e) {
-    expect(e).toBeInstanceOf(TraceError);
-    return (e as Error).message;
-  }
-  throw new Error('expected a TraceError');
-}
+const err = parseError;
 
 const VM = 'vm tdp=ept memory=16M\n';
 
