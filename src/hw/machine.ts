@@ -31,7 +31,7 @@ export class Vcpu {
   readonly tlb: VcpuTlb;
   readonly mmu: Mmu;
   constructor(readonly id: number, mem: PhysMem, cfg: MachineConfig, geometry: TlbGeometry) {
-    this.tlb = new VcpuTlb(geometry);
+    this.tlb = new VcpuTlb(geometry, this.regs.stamp);
     this.mmu = new Mmu(mem, this.regs, cfg, this.tlb);
   }
 }
@@ -135,7 +135,7 @@ export class Machine {
     const mmu = this.vcpu(id).mmu;
     const regs = mmu.regs;
     const savedCpl = regs.cpl;
-    const savedGen = regs.gen;
+    const savedStamp = regs.stamp[0];
     mmu.probe = true;
     mmu.rec = rec;
     if (cpl !== undefined) regs.cpl = cpl;
@@ -152,7 +152,7 @@ export class Machine {
       mmu.probe = false;
       mmu.rec = null;
       regs.cpl = savedCpl;
-      regs.gen = savedGen; // the registers are as they were, so memos made under them still hold
+      regs.stamp[0] = savedStamp; // registers and TLB are as they were, so memos made under them still hold
     }
   }
 

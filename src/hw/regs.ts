@@ -25,10 +25,11 @@ export const EPTP_AD = 1 << 6;
  */
 export class VcpuRegs {
   /**
-   * Bumped by every register write, so a cache of permission verdicts (the
-   * walker's L1 TLB) knows when CPL, CR0/CR4, EFER, PKRU/PKRS, AC or a tag changed.
+   * Bumped by every register write and (shared with the combined TLB) by
+   * every TLB change, so a cache of permission verdicts (the walker's L1
+   * TLB) knows when CPL, CR0/CR4, EFER, PKRU/PKRS, AC, a tag or the TLB changed.
    */
-  gen = 0;
+  readonly stamp = new Int32Array(1);
   private _cr0 = CR0_PG | CR0_PE | CR0_WP;
   private _cr3 = 0;
   private _cr4 = CR4_PAE;
@@ -46,7 +47,7 @@ export class VcpuRegs {
   }
   set cr0(v: number) {
     this._cr0 = v;
-    this.gen = (this.gen + 1) | 0;
+    this.stamp[0]++;
   }
   /** CR3 as stored (bit 63, the no-flush hint, is never stored). */
   get cr3(): number {
@@ -54,28 +55,28 @@ export class VcpuRegs {
   }
   set cr3(v: number) {
     this._cr3 = v;
-    this.gen = (this.gen + 1) | 0;
+    this.stamp[0]++;
   }
   get cr4(): number {
     return this._cr4;
   }
   set cr4(v: number) {
     this._cr4 = v;
-    this.gen = (this.gen + 1) | 0;
+    this.stamp[0]++;
   }
   get efer(): number {
     return this._efer;
   }
   set efer(v: number) {
     this._efer = v;
-    this.gen = (this.gen + 1) | 0;
+    this.stamp[0]++;
   }
   get cpl(): number {
     return this._cpl;
   }
   set cpl(v: number) {
     this._cpl = v;
-    this.gen = (this.gen + 1) | 0;
+    this.stamp[0]++;
   }
   /** EFLAGS.AC */
   get ac(): number {
@@ -83,21 +84,21 @@ export class VcpuRegs {
   }
   set ac(v: number) {
     this._ac = v;
-    this.gen = (this.gen + 1) | 0;
+    this.stamp[0]++;
   }
   get pkru(): number {
     return this._pkru;
   }
   set pkru(v: number) {
     this._pkru = v;
-    this.gen = (this.gen + 1) | 0;
+    this.stamp[0]++;
   }
   get pkrs(): number {
     return this._pkrs;
   }
   set pkrs(v: number) {
     this._pkrs = v;
-    this.gen = (this.gen + 1) | 0;
+    this.stamp[0]++;
   }
   /** EPT pointer: walk length in [5:3], A/D enable in bit 6, root in [M-1:12]. */
   get eptp(): number {
@@ -105,7 +106,7 @@ export class VcpuRegs {
   }
   set eptp(v: number) {
     this._eptp = v;
-    this.gen = (this.gen + 1) | 0;
+    this.stamp[0]++;
   }
   /** Nested CR3 (SVM). */
   get ncr3(): number {
@@ -113,21 +114,21 @@ export class VcpuRegs {
   }
   set ncr3(v: number) {
     this._ncr3 = v;
-    this.gen = (this.gen + 1) | 0;
+    this.stamp[0]++;
   }
   get vpid(): number {
     return this._vpid;
   }
   set vpid(v: number) {
     this._vpid = v;
-    this.gen = (this.gen + 1) | 0;
+    this.stamp[0]++;
   }
   get asid(): number {
     return this._asid;
   }
   set asid(v: number) {
     this._asid = v;
-    this.gen = (this.gen + 1) | 0;
+    this.stamp[0]++;
   }
   /** PAE PDPTE registers (SDM 4.4.1), loaded by MOV to CR3/CR0/CR4 in PAE mode. */
   readonly pdpteLo = new Int32Array(4);

@@ -37,15 +37,21 @@ export class TagCache {
   private nLarge = 0;
   /** Entries inserted so far (statistics). */
   fills = 0;
-  /** Bumped by every insert and drop: a memo of an entry (the L1 TLB) is good while this is unchanged. */
-  epoch = 0;
+  /**
+   * Bumped by every insert and drop: a memo of an entry (the L1 TLB) is good
+   * while it is unchanged. A cell, so that the combined TLB can share it with
+   * the registers' generation and a memo checks one number.
+   */
+  readonly epoch: Int32Array;
 
   constructor(
     entries: number,
     ways: number,
     /** bit position of the key's lowest bit (12 for 4K pages, 21 for the PDE cache, ...) */
     readonly granule: number,
+    epoch: Int32Array = new Int32Array(1),
   ) {
+    this.epoch = epoch;
     if (ways < 1 || entries < ways || entries % ways !== 0) throw new Error(`assertion: cache of ${entries} entries cannot have ${ways} ways`);
     const sets = entries / ways;
     if ((sets & (sets - 1)) !== 0) throw new Error(`assertion: cache set count ${sets} is not a power of two`);
@@ -145,7 +151,7 @@ export class TagCache {
     this.rights[i] = rights;
     this.noteLarge(i, shift > this.granule);
     this.fills++;
-    this.epoch = (this.epoch + 1) | 0;
+    this.epoch[0]++;
     return i;
   }
 
@@ -161,7 +167,7 @@ export class TagCache {
     this.valid.fill(0);
     this.largePos.fill(-1);
     this.nLarge = 0;
-    this.epoch = (this.epoch + 1) | 0;
+    this.epoch[0]++;
   }
 
   /** Drop entries the predicate selects (invalidation is rare: a scan is fine). */
@@ -174,7 +180,7 @@ export class TagCache {
         n++;
       }
     }
-    if (n > 0) this.epoch = (this.epoch + 1) | 0;
+    if (n > 0) this.epoch[0]++;
     return n;
   }
 
@@ -204,7 +210,7 @@ export class TagCache {
         n++;
       }
     }
-    if (n > 0) this.epoch = (this.epoch + 1) | 0;
+    if (n > 0) this.epoch[0]++;
     return n;
   }
 

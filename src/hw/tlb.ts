@@ -26,8 +26,9 @@ export class VcpuTlb {
   readonly gPsc: TagCache[] = [];
   readonly ePsc: TagCache[] = [];
 
-  constructor(g: TlbGeometry = DEFAULT_GEOMETRY) {
-    this.comb = new TagCache(g.entries, g.ways, 12);
+  /** `stamp`: the cell the combined TLB bumps on every change (shared with the registers' generation). */
+  constructor(g: TlbGeometry = DEFAULT_GEOMETRY, stamp: Int32Array = new Int32Array(1)) {
+    this.comb = new TagCache(g.entries, g.ways, 12, stamp);
     this.gpa = new TagCache(g.entries, g.ways, 12);
     for (let k = 2; k <= 5; k++) {
       this.gPsc[k] = new TagCache(g.pscEntries, g.pscWays, 12 + 9 * (k - 1));

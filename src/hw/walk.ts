@@ -86,9 +86,10 @@ const L1_SIZE = 64;
 const L1_MASK = L1_SIZE - 1;
 /**
  * Words of an L1 entry: LA[31:12] with the allowed kinds of access in bits
- * 5:0 (bit kind*2+implicit), LA[63:32], the registers' gen, the TLB's epoch.
+ * 5:0 (bit kind*2+implicit), LA[63:32], and the vCPU's stamp (registers and
+ * combined TLB) when it was made.
  */
-const L1_WORDS = 4;
+const L1_WORDS = 3;
 const MAX_RESTARTS = 1000;
 /** EPT memory types 2, 3 and 7 are reserved (SDM 28.2.3.1), as a set of bits. */
 const BAD_EPT_MEMTYPES = (1 << 2) | (1 << 3) | (1 << 7);
@@ -115,8 +116,10 @@ export class Mmu {
   /** A probe reads memory only: no A/D write-back, no cache lookup or fill, no invalidation. */
   probe = false;
 
-  /** tlb.comb, one load nearer for the L1 hit path. */
+  /** tlb.comb, one load nearer. */
   private readonly comb: TagCache;
+  /** regs.stamp, one load nearer for the L1 hit path. */
+  private readonly stamp: Int32Array;
   /** Bits [51:M] of the high half: reserved in every present entry. */
   private readonly rsvdHi: number;
   /** Address bits [M-1:32] of the high half. */
@@ -168,11 +171,13 @@ export class Mmu {
     readonly tlb: VcpuTlb,
   ) {
     this.comb = tlb.comb;
+    this.stamp = regs.stamp;
+    if (tlb.comb.epoch !== regs.stamp) throw new Error('assertion: the combined TLB must share the registers\' stamp');
     const m = cfg.maxPhysAddr;
     this.rsvdHi = m >= 52 ? 0 : (((1 << (52 - m)) - 1) << (m - 32)) | 0;
     this.addrHi = m >= 52 ? 0xfffff : (1 << (m - 32)) - 1;
     this.badRwx = (1 << 2) | (1 << 6) | (cfg.execOnly ? 0 : 1 << 4);
-    for (let e = 0; e < this.l1.length; e += L1_WORDS) this.l1[e + 2] = -1; // no generation yet
+    for (let e = 0; e < this.l1.length; e += L1_WORDS) this.l1[e + 2] = -1; // no stamp yet
   }
 
   /**
@@ -220,7 +225,9 @@ export class Mmu {
    * The L1 memo's short cut for an access within one page: on a hit the
    * result is complete (as reset() plus an Ok TLB hit) and true is returned.
    * A memo entry exists only for an address that passed the canonical check
-   * under the same registers, so the caller may skip that check on a hit.
+   * under the same registers, so the caller may skip that check on a hit;
+   * and only with the TLB on and outside probes (fillL1's caller), so the
+   * hit needs no cachesOn() test.
    */
   l1Hit(laHi: number, laLo: number, kind: AccessKind, implicit: boolean): boolean {
     const j = (laLo >>> 12) & L1_MASK;
@@ -229,8 +236,7 @@ export class Mmu {
     const key = l1[e];
     if (
       ((key ^ laLo) & ~0xfff) !== 0 || (key & (1 << (kind * 2 + (implicit ? 1 : 0)))) === 0 || l1[e + 1] !== laHi ||
-      l1[e + 2] !== this.regs.gen || l1[e + 3] !== this.comb.epoch ||
-      !this.cachesOn()
+      l1[e + 2] !== this.stamp[0]
     ) {
       return false;
     }
@@ -302,18 +308,16 @@ export class Mmu {
 
   /** Remember that TLB entry i allows this kind of access under the current registers. */
   private fillL1(j: number, keyLo: number, laHi: number, i: number, allowBit: number): void {
-    const gen = this.regs.gen;
-    const epoch = this.comb.epoch;
+    const stamp = this.stamp[0];
     const e = j * L1_WORDS;
     const l1 = this.l1;
-    if ((l1[e] & ~0xfff) === keyLo && l1[e + 1] === laHi && l1[e + 2] === gen && l1[e + 3] === epoch) {
+    if ((l1[e] & ~0xfff) === keyLo && l1[e + 1] === laHi && l1[e + 2] === stamp) {
       l1[e] |= allowBit;
       return;
     }
     l1[e] = keyLo | allowBit;
     l1[e + 1] = laHi;
-    l1[e + 2] = gen;
-    l1[e + 3] = epoch;
+    l1[e + 2] = stamp;
     this.l1Addr[j * 2] = this.comb.hpa[i];
     this.l1Addr[j * 2 + 1] = this.comb.gpa[i];
   }
