@@ -108,6 +108,7 @@ program
   .description('run an MGLRU trace (lru=mglru; up to --at), then print /sys/kernel/debug/lru_gen')
   .argument('<file>', 'trace file')
   .option('--at <line>', 'run only the commands on lines <= this')
+  .option('--full', 'print /sys/kernel/debug/lru_gen_full instead: tiers, PID-controller history, walk stats')
   .action((file: string, opts: LruGenOptions) => print(lruGenCommand(file, opts)));
 
 async function main(): Promise<void> {

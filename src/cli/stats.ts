@@ -62,9 +62,10 @@ export function statsTable(rows: [string, number][]): string {
 
 export interface LruGenOptions {
   at?: string;
+  full?: boolean;
 }
 
-/** `mmulab lru_gen FILE [--at LINE]`: the debugfs text, as lines. */
+/** `mmulab lru_gen FILE [--at LINE] [--full]`: the debugfs text (lru_gen or lru_gen_full), as lines. */
 export function lruGenCommand(file: string, opts: LruGenOptions): string[] {
   const trace = loadTrace(file);
   const first = trace.commands[0];
@@ -74,5 +75,5 @@ export function lruGenCommand(file: string, opts: LruGenOptions): string[] {
   const at = opts.at === undefined ? undefined : Number(parseOptionNumber('at', opts.at));
   const runner = new Runner(trace, { quiet: true, ...(at !== undefined ? { upToLine: at } : {}) });
   runner.run();
-  return runner.vm!.mm!.debugfs().replace(/\n$/, '').split('\n');
+  return runner.vm!.mm!.debugfs(opts.full === true).replace(/\n$/, '').split('\n');
 }

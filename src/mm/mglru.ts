@@ -22,6 +22,8 @@ export const MIN_LRU_BATCH = 64;
 export const MAX_LRU_BATCH = MIN_LRU_BATCH * 64;
 export const LRU_REFS_WIDTH = 2;
 export const MAX_SWAPPINESS = 200;
+/** Swappiness beyond the sysctl range that the proactive-reclaim interface uses for "anon only". */
+export const SWAPPINESS_ANON_ONLY = MAX_SWAPPINESS + 1;
 export const DEF_PRIORITY = 12;
 export const LRU_GEN_ANON = 0;
 export const LRU_GEN_FILE = 1;
@@ -81,6 +83,31 @@ export class BloomFilter {
   }
 }
 
+/** for_each_evictable_type's bounds: swappiness 0 is file only, SWAPPINESS_ANON_ONLY anon only. */
+export function evictableTypes(swappiness: number): number[] {
+  const lo = swappiness === 0 ? LRU_GEN_FILE : LRU_GEN_ANON;
+  const hi = swappiness < SWAPPINESS_ANON_ONLY ? LRU_GEN_FILE : LRU_GEN_ANON;
+  const out: number[] = [];
+  for (let t = lo; t <= hi; t++) out.push(t);
+  return out;
+}
+
+/** struct ctrl_pos: one side of the PID controller's comparison. */
+export interface CtrlPos {
+  refaulted: number;
+  total: number;
+  gain: number;
+}
+
+/**
+ * positive_ctrl_err: true when the process variable has too few refaults
+ * to judge, or a refault rate no higher than the setpoint's (cross
+ * multiplied, gains weighting each side).
+ */
+export function positiveCtrlErr(sp: CtrlPos, pv: CtrlPos): boolean {
+  return pv.refaulted < MIN_LRU_BATCH || pv.refaulted * (sp.total + MIN_LRU_BATCH) * sp.gain <= (sp.refaulted + 1) * pv.total * pv.gain;
+}
+
 /** A shadow entry left by eviction (workingset_eviction under MGLRU: lru_gen_eviction). */
 export interface LruGenShadow {
   /** min_seq[type] at eviction. */
@@ -129,10 +156,13 @@ export class Lruvec {
   readonly timestamps: number[];
   /** nr_pages[gen][type], by the folios' gen bits. */
   readonly nrPages: number[][] = [[0, 0], [0, 0], [0, 0], [0, 0]];
-  /** PID-controller history, [type][tier] (NR_HIST_GENS = 1). */
+  /** PID-controller history, [type][tier] (NR_HIST_GENS = 1): the generation being evicted (the P term)... */
   readonly evicted = [[0, 0, 0, 0], [0, 0, 0, 0]];
   readonly refaulted = [[0, 0, 0, 0], [0, 0, 0, 0]];
   readonly protected = [[0, 0, 0, 0], [0, 0, 0, 0]];
+  /** ...and the moving averages over the generations evicted before (the I term, smoothing 1/2). */
+  readonly avgRefaulted = [[0, 0, 0, 0], [0, 0, 0, 0]];
+  readonly avgTotal = [[0, 0, 0, 0], [0, 0, 0, 0]];
   readonly version: MglruVersion;
   caps: number;
   swappiness: number;
@@ -148,7 +178,13 @@ export class Lruvec {
   walkSeq = MIN_NR_GENS;
   /** mm_state->filters[NR_BLOOM_FILTERS], indexed by seq % 2. */
   readonly bloom = [new BloomFilter(), new BloomFilter()];
-  /** Walk and look-around counters (the mm_stats of lru_gen_full, and more). */
+  /**
+   * mm_state->stats (NR_HIST_GENS == 1, so cumulative): MM_LEAF_TOTAL,
+   * MM_LEAF_YOUNG, MM_NONLEAF_FOUND, MM_NONLEAF_ADDED of the aging walks,
+   * the "TYFA" row of lru_gen_full.
+   */
+  readonly mmStats = [0, 0, 0, 0];
+  /** Walk and look-around counters of this model (look-around included). */
   readonly stats = { ptesScanned: 0, young: 0, tablesWalked: 0, tablesSkippedNonleaf: 0, tablesSkippedBloom: 0, bloomAdded: 0, lookArounds: 0, lookAroundPtes: 0, refaultActivations: 0 };
   /**
    * Shadow entries of pages evicted through an explicit `evict` hook (MglruReclaimer's non-swap path), per mm
@@ -322,53 +358,134 @@ export class Lruvec {
 
   /**
    * inc_min_seq: move every folio of the oldest generation up one
-   * (folio_inc_gen, at the tail of the next list), counting protected, then
-   * min_seq++. MAX_LRU_BATCH per pass in the kernel; all at once here.
+   * (folio_inc_gen, at the tail of the next list), counting as protected
+   * all but the saturated workingset (being lazily promoted), then fold
+   * the PID history and min_seq++. A type that cannot be evicted at this
+   * swappiness is not sorted. MAX_LRU_BATCH per pass in the kernel; all at
+   * once here.
    */
-  incMinSeq(type: number): void {
+  incMinSeq(type: number, swappiness: number): void {
     const f = this.folios;
-    const oldGen = lruGenFromSeq(this.minSeq[type]);
-    const list = lruGenList(oldGen, type);
-    for (let pfn = f.lruFolios(list)[0]; pfn !== undefined; pfn = f.lruFolios(list)[0]) {
-      const promoted = f.lruGen(pfn) !== oldGen;
-      const tier = this.tier(pfn);
-      const newGen = this.folioIncGen(pfn, false);
-      if (!promoted) this.protected[type][tier] += 2 ** f.order(pfn);
-      f.lruDel(pfn);
-      f.lruAddTail(pfn, lruGenList(newGen, type));
+    const skip = (type === LRU_GEN_FILE && swappiness === SWAPPINESS_ANON_ONLY) || (type === LRU_GEN_ANON && swappiness === 0);
+    if (!skip) {
+      const oldGen = lruGenFromSeq(this.minSeq[type]);
+      const list = lruGenList(oldGen, type);
+      for (let pfn = f.lruFolios(list)[0]; pfn !== undefined; pfn = f.lruFolios(list)[0]) {
+        const refs = this.refs(pfn);
+        const ws = f.test(pfn, PG_workingset) ? 1 : 0;
+        const tier = this.tier(pfn);
+        const newGen = this.folioIncGen(pfn, false);
+        if (refs + ws !== (1 << LRU_REFS_WIDTH) + 1) this.protected[type][tier] += 2 ** f.order(pfn);
+        f.lruDel(pfn);
+        f.lruAddTail(pfn, lruGenList(newGen, type));
+      }
     }
+    this.resetCtrlPos(type, true);
     this.minSeq[type]++;
   }
 
-  /** try_to_inc_min_seq: skip empty oldest generations, keeping MIN_NR_GENS. */
-  tryToIncMinSeq(): boolean {
-    let ok = false;
-    for (let type = 0; type < 2; type++) {
-      while (this.minSeq[type] + MIN_NR_GENS <= this.maxSeq) {
-        const gen = lruGenFromSeq(this.minSeq[type]);
-        if (this.folios.head[lruGenList(gen, type)] !== -1) break;
-        this.minSeq[type]++;
-        ok = true;
+  /**
+   * try_to_inc_min_seq: skip empty oldest generations (keeping
+   * MIN_NR_GENS) of the evictable types; with both types evictable, a type
+   * may not run ahead of max_seq - MIN_NR_GENS while the other lags behind
+   * it. Each type whose min_seq moves folds its PID history.
+   */
+  tryToIncMinSeq(swappiness: number): boolean {
+    const minSeq = [this.minSeq[0], this.minSeq[1]];
+    let moved = false;
+    for (const type of evictableTypes(swappiness)) {
+      while (minSeq[type] + MIN_NR_GENS <= this.maxSeq) {
+        if (this.folios.head[lruGenList(lruGenFromSeq(minSeq[type]), type)] !== -1) break;
+        minSeq[type]++;
+        moved = true;
       }
+    }
+    if (!moved) return false;
+    if (swappiness !== 0 && swappiness <= MAX_SWAPPINESS) {
+      const seq = this.maxSeq - MIN_NR_GENS;
+      if (minSeq[LRU_GEN_ANON] > seq && minSeq[LRU_GEN_FILE] < seq) minSeq[LRU_GEN_ANON] = seq;
+      else if (minSeq[LRU_GEN_FILE] > seq && minSeq[LRU_GEN_ANON] < seq) minSeq[LRU_GEN_FILE] = seq;
+    }
+    let ok = false;
+    for (const type of evictableTypes(swappiness)) {
+      if (minSeq[type] <= this.minSeq[type]) continue;
+      this.resetCtrlPos(type, true);
+      this.minSeq[type] = minSeq[type];
+      ok = true;
     }
     return ok;
   }
 
   /** inc_max_seq: make room (inc_min_seq when a type has MAX_NR_GENS), stamp and publish the new youngest generation. */
-  incMaxSeq(): void {
+  incMaxSeq(swappiness = this.swappiness): void {
     for (let type = 0; type < 2; type++) {
       if (this.nrGens(type) !== MAX_NR_GENS) continue;
-      this.incMinSeq(type);
+      this.incMinSeq(type, swappiness);
     }
+    // reset_ctrl_pos(type, false) clears nothing with NR_HIST_GENS == 1.
     this.timestamps[lruGenFromSeq(this.maxSeq + 1)] = this.now;
     this.maxSeq++;
   }
 
   /** evictable_min_seq: the older of the types that can be evicted at this swappiness. */
   evictableMinSeq(swappiness: number): number {
-    if (swappiness <= 1) return this.minSeq[LRU_GEN_FILE];
-    if (swappiness > MAX_SWAPPINESS) return this.minSeq[LRU_GEN_ANON];
-    return Math.min(this.minSeq[0], this.minSeq[1]);
+    return Math.min(this.minSeq[swappiness === 0 ? 1 : 0], this.minSeq[swappiness <= MAX_SWAPPINESS ? 1 : 0]);
+  }
+
+  /**
+   * read_ctrl_pos: refaults and total (evicted + protected) of one tier,
+   * or of every tier when `tier` is MAX_NR_TIERS, P plus I term.
+   */
+  readCtrlPos(type: number, tier: number, gain: number): CtrlPos {
+    const pos: CtrlPos = { refaulted: 0, total: 0, gain };
+    for (let i = tier % MAX_NR_TIERS; i <= Math.min(tier, MAX_NR_TIERS - 1); i++) {
+      pos.refaulted += this.avgRefaulted[type][i] + this.refaulted[type][i];
+      pos.total += this.avgTotal[type][i] + this.protected[type][i] + this.evicted[type][i];
+    }
+    return pos;
+  }
+
+  /**
+   * reset_ctrl_pos with carryover (min_seq moved on): fold the finished
+   * generation into the moving averages, halving (integer division), and
+   * clear it, as NR_HIST_GENS == 1 has a single history slot.
+   */
+  resetCtrlPos(type: number, carryover: boolean): void {
+    if (!carryover) return;
+    for (let tier = 0; tier < MAX_NR_TIERS; tier++) {
+      this.avgRefaulted[type][tier] = Math.floor((this.avgRefaulted[type][tier] + this.refaulted[type][tier]) / 2);
+      this.avgTotal[type][tier] = Math.floor((this.avgTotal[type][tier] + this.protected[type][tier] + this.evicted[type][tier]) / 2);
+      this.refaulted[type][tier] = 0;
+      this.evicted[type][tier] = 0;
+      this.protected[type][tier] = 0;
+    }
+  }
+
+  /**
+   * get_tier_idx: the highest tier whose refault rate (gain 3) is no worse
+   * than tier 0's (gain 2, a margin for noise); tiers above it are
+   * protected at eviction.
+   */
+  getTierIdx(type: number): number {
+    const sp = this.readCtrlPos(type, 0, 2);
+    let tier = 1;
+    for (; tier < MAX_NR_TIERS; tier++) {
+      if (!positiveCtrlErr(sp, this.readCtrlPos(type, tier, 3))) break;
+    }
+    return tier - 1;
+  }
+
+  /**
+   * get_type_to_scan: file at swappiness <= 1, anon at >= 200; otherwise
+   * compare all tiers of anon (gain swappiness) with all of file (gain
+   * 200 - swappiness): file when anon refaults no less (1), else anon (0).
+   */
+  getTypeToScan(swappiness: number): number {
+    if (swappiness <= 1) return LRU_GEN_FILE;
+    if (swappiness >= MAX_SWAPPINESS) return LRU_GEN_ANON;
+    const sp = this.readCtrlPos(LRU_GEN_ANON, MAX_NR_TIERS, swappiness);
+    const pv = this.readCtrlPos(LRU_GEN_FILE, MAX_NR_TIERS, MAX_SWAPPINESS - swappiness);
+    return positiveCtrlErr(sp, pv) ? LRU_GEN_FILE : LRU_GEN_ANON;
   }
 
   /** lru_gen_eviction: the shadow to keep for an evicted folio; counts evicted[type][tier]. */

@@ -22,7 +22,7 @@
 import { PG_active, PG_referenced, PG_reclaim, PG_unevictable, PG_workingset, lruGenList } from './folio.js';
 import { PAGE_SIZE, type MmStruct, type VmArea } from './mm.js';
 import {
-  DEF_PRIORITY, LRU_GEN_ANON, LRU_GEN_FILE, MAX_LRU_BATCH, MAX_SWAPPINESS, MIN_LRU_BATCH, MIN_NR_GENS, lruGenFromSeq, packLruGenShadow,
+  DEF_PRIORITY, LRU_REFS_WIDTH, MAX_LRU_BATCH, MAX_NR_GENS, MAX_NR_TIERS, MAX_SWAPPINESS, MIN_LRU_BATCH, MIN_NR_GENS, evictableTypes, lruGenFromSeq, packLruGenShadow,
   unpackLruGenShadow, type Lruvec,
 } from './mglru.js';
 import { lookAround, tryToIncMaxSeq } from './mglru_walk.js';
@@ -78,16 +78,44 @@ export function lruGenAgeNode(lruvecs: readonly Lruvec[], minTtlMs: number, now:
   return { reclaimable: false, oom: true };
 }
 
-/** lru_gen_seq_show (not full): memcg line, node line, then seq, age in ms, anon and file pages from the evictable min_seq. */
-export function lruGenDebugfs(lruvecs: readonly Lruvec[], now: number): string {
+/**
+ * /sys/kernel/debug/lru_gen (lru_gen_seq_show), or with `full`
+ * lru_gen_full: every generation of the window, an 'x' by the sizes of a
+ * type's generations below its min_seq, and per generation its tiers
+ * (max_seq: avg_refaulted R and avg_total T; a type's min_seq: refaulted
+ * r, evicted e, protected p; others: x) and the walk's TYFA row on max_seq.
+ */
+export function lruGenDebugfs(lruvecs: readonly Lruvec[], now: number, full = false): string {
+  const n10 = (v: number) => String(v).padStart(10);
   let out = '';
   for (const l of lruvecs) {
     out += `memcg ${String(l.memcgId).padStart(5)} ${l.memcgPath}\n`;
     out += ` node ${String(l.nodeId).padStart(5)}\n`;
-    for (let seq = l.evictableMinSeq(MAX_SWAPPINESS / 2); seq <= l.maxSeq; seq++) {
+    const first = !full ? l.evictableMinSeq(MAX_SWAPPINESS / 2) : Math.max(l.maxSeq - MAX_NR_GENS + 1, 0);
+    for (let seq = first; seq <= l.maxSeq; seq++) {
       const gen = lruGenFromSeq(seq);
-      out += ` ${String(seq).padStart(10)} ${String(now - l.timestamps[gen]).padStart(10)}`;
-      for (let type = 0; type < 2; type++) out += ` ${String(Math.max(l.nrPages[gen][type], 0)).padStart(10)} `;
+      out += ` ${n10(seq)} ${n10(now - l.timestamps[gen])}`;
+      for (let type = 0; type < 2; type++) out += ` ${n10(Math.max(l.nrPages[gen][type], 0))}${full && seq < l.minSeq[type] ? 'x' : ' '}`;
+      out += '\n';
+      if (!full) continue;
+      for (let tier = 0; tier < MAX_NR_TIERS; tier++) {
+        out += `            ${n10(tier)}`;
+        for (let type = 0; type < 2; type++) {
+          let s = 'xxx';
+          let n = [0, 0, 0];
+          if (seq === l.maxSeq) {
+            s = 'RTx';
+            n = [l.avgRefaulted[type][tier], l.avgTotal[type][tier], 0];
+          } else if (seq === l.minSeq[type]) {
+            s = 'rep';
+            n = [l.refaulted[type][tier], l.evicted[type][tier], l.protected[type][tier]];
+          }
+          for (let i = 0; i < 3; i++) out += ` ${n10(n[i])}${s[i]}`;
+        }
+        out += '\n';
+      }
+      out += '                      ';
+      for (let i = 0; i < 4; i++) out += ` ${n10(seq === l.maxSeq ? l.mmStats[i] : 0)}${(seq === l.maxSeq ? 'TYFA' : 'xxxx')[i]}`;
       out += '\n';
     }
   }
@@ -200,20 +228,13 @@ export class MglruReclaimer {
     return yield* this.evictFolios(nrToScan);
   }
 
-  /** get_type_to_scan, simplified: swappiness extremes, else the type with the older min_seq (file on a tie). */
-  private typeToScan(): number {
-    const l = this.lruvec;
-    if (l.swappiness <= 1) return LRU_GEN_FILE;
-    if (l.swappiness > MAX_SWAPPINESS) return LRU_GEN_ANON;
-    return l.minSeq[LRU_GEN_ANON] < l.minSeq[LRU_GEN_FILE] ? LRU_GEN_ANON : LRU_GEN_FILE;
-  }
-
   /**
    * sort_folio: true when the folio was moved rather than isolated:
-   * unevictable; gen bits not the min gen (lazy promotion); protected by
-   * tier (refs and workingset saturated).
+   * unevictable; gen bits not the min gen (lazy promotion); protected:
+   * a tier above the PID controller's tier_idx, or refs and workingset
+   * both saturated (counted in `protected` unless saturated).
    */
-  sortFolio(pfn: number, type: number): boolean {
+  sortFolio(pfn: number, type: number, tierIdx: number): boolean {
     const l = this.lruvec;
     const f = l.folios;
     if (f.test(pfn, PG_unevictable)) return false; // no unevictable list in this model
@@ -222,43 +243,47 @@ export class MglruReclaimer {
       l.moveToGenList(pfn, false);
       return true;
     }
-    if (f.test(pfn, PG_workingset) && f.lruRefs(pfn) === 3 && f.test(pfn, PG_referenced)) {
-      const tier = l.tier(pfn);
+    const refs = l.refs(pfn);
+    const ws = f.test(pfn, PG_workingset) ? 1 : 0;
+    const tier = l.tier(pfn);
+    const saturated = refs + ws === (1 << LRU_REFS_WIDTH) + 1;
+    if (tier > tierIdx || saturated) {
       l.folioIncGen(pfn, false);
-      l.protected[type][tier] += 2 ** f.order(pfn);
       l.moveToGenList(pfn, false);
+      if (!saturated) l.protected[type][tier] += 2 ** f.order(pfn);
       return true;
     }
     return false;
   }
 
   /** scan_folios from min_seq[type]: sort, else isolate (refs wiped without PG_referenced, PG_reclaim cleared). */
-  private scanFolios(type: number, nr: number): { scanned: number; isolated: number[] } {
+  private scanFolios(type: number, tierIdx: number, nr: number): { scanned: number; isolated: number[] } {
     const l = this.lruvec;
     const f = l.folios;
     const isolated: number[] = [];
     let scanned = 0;
+    let isolatedPages = 0;
     if (l.nrGens(type) === MIN_NR_GENS) return { scanned, isolated };
     const list = lruGenList(lruGenFromSeq(l.minSeq[type]), type);
+    // A budget of folios, not pages; sorted folios use it up too. Isolation cannot fail here, so nothing is skipped.
     let remaining = Math.min(nr, MAX_LRU_BATCH);
-    let skipped = 0;
-    while (remaining > 0 && isolated.length < MIN_LRU_BATCH && skipped < MIN_LRU_BATCH) {
+    for (;;) {
       const idx = f.tail[list];
       if (idx === -1) break;
       const pfn = idx + f.basePfn;
       const n = 2 ** f.order(pfn);
       scanned += n;
-      remaining -= n;
-      if (this.sortFolio(pfn, type)) {
-        skipped++;
-        continue;
+      if (!this.sortFolio(pfn, type, tierIdx)) {
+        l.delFolio(pfn);
+        if (!f.test(pfn, PG_referenced)) f.setLruRefs(pfn, 0);
+        f.clear(pfn, PG_reclaim);
+        isolated.push(pfn);
+        isolatedPages += n;
       }
-      l.delFolio(pfn);
-      if (!f.test(pfn, PG_referenced)) f.setLruRefs(pfn, 0);
-      f.clear(pfn, PG_reclaim);
-      isolated.push(pfn);
+      if (--remaining === 0 || isolatedPages >= MIN_LRU_BATCH) break;
     }
-    return { scanned, isolated };
+    // Nothing isolated with budget left: report nothing scanned, so the other type is tried.
+    return { scanned: isolatedPages !== 0 || remaining === 0 ? scanned : 0, isolated };
   }
 
   /**
@@ -301,13 +326,15 @@ export class MglruReclaimer {
   *evictFolios(nrToScan: number): Program<number> {
     const l = this.lruvec;
     const f = l.folios;
-    let type = this.typeToScan();
-    let r = this.scanFolios(type, nrToScan);
-    if (r.scanned === 0) {
+    // isolate_folios: the PID controller picks the type, then the other evictable type if nothing was scanned.
+    let type = l.getTypeToScan(l.swappiness);
+    let r: { scanned: number; isolated: number[] } = { scanned: 0, isolated: [] };
+    for (let n = evictableTypes(l.swappiness).length; n > 0; n--) {
+      r = this.scanFolios(type, l.getTierIdx(type), nrToScan);
+      if (r.scanned !== 0) break;
       type = 1 - type;
-      r = this.scanFolios(type, nrToScan);
     }
-    l.tryToIncMinSeq();
+    l.tryToIncMinSeq(l.swappiness);
     let reclaimed = 0;
     let putBack: number[] = [];
     if (this.evict === null) {

@@ -89,6 +89,12 @@ function* scanPtes(
  * secondary MMUs; then the Bloom filter of seq gates the table; a
  * suitable table goes into the filter of seq + 1.
  */
+/** Indices of Lruvec.mmStats (enum of mm_stats in mmzone.h). */
+export const MM_LEAF_TOTAL = 0;
+export const MM_LEAF_YOUNG = 1;
+export const MM_NONLEAF_FOUND = 2;
+export const MM_NONLEAF_ADDED = 3;
+
 export function* walkMm(lruvec: Lruvec, mm: MmStruct, policy: SecondaryPolicy, seq: number, forceScan: boolean): Program<void> {
   const mem = mm.mem;
   const st = lruvec.stats;
@@ -111,16 +117,21 @@ export function* walkMm(lruvec: Lruvec, mm: MmStruct, policy: SecondaryPolicy, s
       const lo = mem.lo;
       const hi = mem.hi;
       if ((lo & _PAGE_PRESENT) === 0) {
+        lruvec.mmStats[MM_LEAF_TOTAL]++;
         addr = next;
         continue;
       }
       if ((lo & _PAGE_PSE) !== 0) {
         // A THP: pmdp_clear_young_notify over the PMD (secondary asked per policy on its head page's window).
+        lruvec.mmStats[MM_LEAF_TOTAL]++;
         const pfn = entryAddr(lo, hi) / PAGE;
         if (lruvec.folios.lruGen(pfn) >= 0 && ((lo & _PAGE_ACCESSED) !== 0 || policy.walkAsksSecondary(mm))) {
           const y = new Uint8Array([testClearYoung(mm, e) ? 1 : 0]);
           yield* policy.ageWindow(mm, addr, 1, Uint8Array.of(1), y);
-          if (y[0] !== 0) promote(pfn);
+          if (y[0] !== 0) {
+            lruvec.mmStats[MM_LEAF_YOUNG]++;
+            promote(pfn);
+          }
         }
         addr = next;
         continue;
@@ -140,13 +151,17 @@ export function* walkMm(lruvec: Lruvec, mm: MmStruct, policy: SecondaryPolicy, s
       }
       const pte0 = entryAddr(lo, hi) + (Math.floor(addr / PAGE) % 512) * 8;
       const total = (next - addr) / PAGE;
+      lruvec.mmStats[MM_NONLEAF_FOUND]++;
       const young = yield* scanPtes(lruvec, mm, policy, pte0, addr, total, promote);
       st.tablesWalked++;
       st.ptesScanned += total;
       st.young += young;
+      lruvec.mmStats[MM_LEAF_TOTAL] += total;
+      lruvec.mmStats[MM_LEAF_YOUNG] += young;
       if (young * YOUNG_RATIO >= total) {
         lruvec.bloom[(seq + 1) % 2].add(e);
         st.bloomAdded++;
+        lruvec.mmStats[MM_NONLEAF_ADDED]++;
       }
       addr = next;
     }

@@ -239,9 +239,9 @@ export class MmSession {
     return null;
   }
 
-  /** The /sys/kernel/debug/lru_gen text (MGLRU only). */
-  debugfs(): string {
-    return lruGenDebugfs([this.lruvec!], this.lruvec!.now);
+  /** The /sys/kernel/debug/lru_gen text, or lru_gen_full's (MGLRU only). */
+  debugfs(full = false): string {
+    return lruGenDebugfs([this.lruvec!], this.lruvec!.now, full);
   }
 }
 
