@@ -92,6 +92,12 @@ export class Runner {
   private lastOp = '';
   private lastIsAccess = false;
   private readonly lastRes = new AccessResult();
+  /**
+   * The vCPU result the latest record came from, not yet copied into
+   * lastRes: copying waits for a step that is not an access (which might
+   * reuse that result), as an access simply replaces the record.
+   */
+  private lastSrc: AccessResult | null = null;
   /** VM accesses: exits taken and the user exit; VM verbs with a result: their whole record. */
   private lastExits = -1;
   private lastUserExit: string | null = null;
@@ -126,7 +132,10 @@ export class Runner {
 
   run(): RunReport {
     const upTo = this.opts.upToLine ?? Infinity;
-    for (const s of this.steps) {
+    const steps = this.steps;
+    // Indexed: a for-of here allocated an iterator result per step (the try blocks escape analysis).
+    for (let i = 0; i < steps.length; i++) {
+      const s = steps[i];
       if (s.line > upTo) break;
       try {
         this.step(s);
@@ -139,10 +148,18 @@ export class Runner {
     return { machine: this.machine, kvm: this.vm?.kvm ?? null, failures: this.failures, accesses: this.accesses, last: last as Record<string, string | number> | null };
   }
 
+  /** lastRes as the latest record left it. */
+  private settleLast(): void {
+    if (this.lastSrc === null) return;
+    this.lastRes.copyFrom(this.lastSrc);
+    this.lastSrc = null;
+  }
+
   private step(s: Step): void {
     const m = this.machine;
     const c = s.cmd;
     this.line = s.line;
+    if (s.verb !== 'access') this.settleLast();
     switch (s.verb) {
       case 'access': {
         if (this.vm !== null) {
@@ -305,7 +322,7 @@ export class Runner {
     if (!isAccess) this.lastExits = -1;
     this.lastOp = op;
     this.lastIsAccess = isAccess;
-    this.lastRes.copyFrom(r);
+    this.lastSrc = r;
     if (this.quiet || (!isAccess && r.outcome === Outcome.Ok)) return;
     const o = this.lastFields() as Record<string, string | number>; // accesses and instructions carry no lists
     this.emit(this.opts.json ? JSON.stringify(o) : describeResult(o));
@@ -313,6 +330,7 @@ export class Runner {
 
   /** The latest access or instruction as contract fields (built only when needed). */
   lastFields(): VmRecord | null {
+    this.settleLast();
     const s = this.lastStep;
     if (s === null) return null;
     if (this.lastRecord !== null) return this.lastRecord;

@@ -37,6 +37,8 @@ export class VmSession {
   /** The host-mm layer (docs/mm.md), when the trace uses it. */
   readonly mm: MmSession | null;
   private readonly out: GuestAccess = { result: new AccessResult(), exits: 0, userExit: null };
+  /** An access's outcome as it completed, when the host mm's balancing runs after it. */
+  private readonly kept: GuestAccess = { result: new AccessResult(), exits: 0, userExit: null };
 
   constructor(trace: Trace, events: { names: readonly string[]; sink: (name: string, fields: EventFields) => void } | null) {
     const o = vmOptions(trace.commands[0]);
@@ -64,11 +66,16 @@ export class VmSession {
       runProgram(this.kvm.handleExits(s.vcpu, s.laHi, s.laLo, s.kind, s.size, this.out));
     }
     const mm = this.mm;
-    if (mm !== null) {
-      if (s.kind === AccessKind.Write && this.out.result.outcome === Outcome.Ok && this.out.userExit === null) mm.guestWrite(this.out.result.hpa);
-      mm.balance();
-    }
-    return this.out;
+    if (mm === null) return this.out;
+    const r = this.out.result;
+    if (s.kind === AccessKind.Write && r.outcome === Outcome.Ok && this.out.userExit === null) mm.guestWrite(r.hpa);
+    // kswapd may now reclaim, and KVM's remote TLB flush (INVEPT, VMRUN) reuses the vCPU's result: keep the access's first.
+    const kept = this.kept;
+    kept.result.copyFrom(r);
+    kept.exits = this.out.exits;
+    kept.userExit = this.out.userExit;
+    mm.balance();
+    return kept;
   }
 
   /** Runs a VM verb other than access and expect; returns what it prints, or null. */
