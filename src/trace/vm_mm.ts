@@ -8,13 +8,14 @@
  * Everything a command needs was validated by vm_check.ts before the run.
  */
 import { runProgram } from '../hw/sched.js';
+import { kvmAgingCaps } from '../kvm/aging_caps.js';
 import { GUEST_HVA_BASE, type Kvm } from '../kvm/vm.js';
 import { LruList, PG_dirty, PG_idle, PG_referenced, PG_workingset } from '../mm/folio.js';
 import { Lruvec, lruGenFromSeq } from '../mm/mglru.js';
 import { MglruReclaimer, lruGenDebugfs } from '../mm/mglru_evict.js';
 import { PageIdle } from '../mm/page_idle.js';
 import { _PAGE_ACCESSED, _PAGE_DIRTY } from '../mm/pgtable.js';
-import { SecondaryPolicy, kvmAgingCaps, type SecondaryPolicyName } from '../mm/secondary_policy.js';
+import { SecondaryPolicy, type SecondaryPolicyName } from '../mm/secondary_policy.js';
 import type { SwapDevice } from '../mm/swap.js';
 import { setUpReclaim, type Reclaimer } from '../mm/vmscan.js';
 import type { Workingset } from '../mm/workingset.js';
