@@ -32,7 +32,7 @@ export function kvmAgingCaps(kvm: Kvm): (sub: MmuNotifierOps) => SecondaryAgingC
       try {
         const ranges = kvm.memslots.hvaRangeGfnRanges(start, end);
         if (ranges.length > 0 && !fast) {
-          yield* kvm.mmuLock.writeLock();
+          yield* kvm.mmuLock.writeLock('aging');
           locked = true;
         }
         const hit = new Uint8Array(bitmap.length);
