@@ -229,6 +229,9 @@ export class MmSession {
       case 'swap_ins': return this.swap.stats.swapins;
       case 'kswapd_wakeups': return this.reclaim.stats.kswapdWakeups;
       case 'lru_pages': return this.lruPages;
+      case 'policy_calls': return this.policy?.stats.notifierCalls ?? 0;
+      case 'policy_pages_asked': return this.policy?.stats.pagesAsked ?? 0;
+      case 'policy_young': return this.policy?.stats.secondaryYoung ?? 0;
       case 'notifier_calls': {
         let s = 0;
         for (const v of n.calls.values()) s += v;
