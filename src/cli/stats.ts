@@ -6,6 +6,7 @@
  * at the end of (or part way through) an MGLRU run.
  */
 import Table from 'cli-table3';
+import { MMU_LOCK_USERS } from '../kvm/locks.js';
 import { MMU_NOTIFIER_EVENT_NAMES } from '../mm/mmu_notifier.js';
 import { Runner } from '../trace/runner.js';
 import { lruKind } from '../trace/vm_mm.js';
@@ -25,6 +26,15 @@ export function statsRows(runner: Runner, accesses: number): [string, number][] 
     ['remote TLB flushes', k.stats.flushes],
     ['SPTEs aged', k.tdpMmu.stats.aged],
   ];
+  // mmu_lock: acquisitions by user; hold and wait steps count only under a scheduler (a trace runs without one).
+  const l = k.mmuLock.stats;
+  for (const u of MMU_LOCK_USERS) {
+    if (l.readLocks[u] !== 0) rows.push([`mmu_lock read (${u})`, l.readLocks[u]]);
+    if (l.writeLocks[u] !== 0) rows.push([`mmu_lock write (${u})`, l.writeLocks[u]]);
+  }
+  rows.push(['mmu_lock held for read (steps)', l.readHeld]);
+  for (const u of MMU_LOCK_USERS) if (l.writeHeld[u] !== 0) rows.push([`mmu_lock held for write by ${u} (steps)`, l.writeHeld[u]]);
+  rows.push(['vCPU steps waiting for mmu_lock', l.waitSteps.fault]);
   const n = k.mm.notifiers;
   let calls = 0;
   for (const v of n.calls.values()) calls += v;
@@ -44,6 +54,10 @@ export function statsRows(runner: Runner, accesses: number): [string, number][] 
     rows.push(['swap ins', mm.swap.stats.swapins]);
     if (mm.policy !== null) {
       rows.push(['MGLRU evicted while hot', mm.policy.stats.evictedHot]);
+      rows.push([`policy ${mm.policy.name}: secondary-MMU calls`, mm.policy.stats.notifierCalls]);
+      for (const [op, v] of [...mm.policy.stats.calls.entries()].sort((a, b) => a[0].localeCompare(b[0]))) rows.push([`  ${op}`, v]);
+      rows.push(['  SPTEs asked about', mm.policy.stats.pagesAsked]);
+      rows.push(['  young answers', mm.policy.stats.secondaryYoung]);
       rows.push(['MGLRU PTEs scanned by aging', mm.lruvec!.stats.ptesScanned]);
     }
   }

@@ -52,6 +52,12 @@ export class PhysMem {
    * so the same code runs at full speed when nothing interleaves it.
    */
   yields = false;
+  /**
+   * Scheduler steps begun so far (program steps and agent operations, one
+   * per entry of Scheduler.log): the clock that lock hold times are measured
+   * in. It stands still when no scheduler runs.
+   */
+  clock = 0;
   /** Frames allocated so far. */
   frameCount = 0;
   readonly limit: number;

@@ -37,6 +37,12 @@ export class Scheduler implements PreemptHook {
     readonly seed: number,
     /** Chance, at each point, of running one more program step before the agent goes on. */
     readonly switchChance = 0.5,
+    /**
+     * Which program runs next: `random` (seeded), or `round-robin` (in spawn
+     * order, skipping finished ones), an interleaving simple enough to count
+     * by hand.
+     */
+    readonly order: 'random' | 'round-robin' = 'random',
   ) {
     this.state = seed >>> 0 || 0x9e3779b9;
     mem.yields = true;
@@ -60,11 +66,28 @@ export class Scheduler implements PreemptHook {
     return this.threads.filter((t) => !t.done);
   }
 
+  /** Index in threads of the last program stepped, for round-robin. */
+  private last = -1;
+
+  private pick(ready: Thread[]): Thread {
+    if (this.order === 'random') return ready[Math.floor(this.random() * ready.length)];
+    const n = this.threads.length;
+    for (let k = 1; k <= n; k++) {
+      const i = (this.last + k) % n;
+      if (!this.threads[i].done) {
+        this.last = i;
+        return this.threads[i];
+      }
+    }
+    throw new Error('assertion: pick with no runnable program');
+  }
+
   /** Advance one program by one step (to its next yield or its end). */
   private step(t: Thread): void {
     this.inProgram = true;
     try {
       this.log.push(t.name);
+      this.mem.clock++;
       t.done = t.gen.next().done === true;
     } finally {
       this.inProgram = false;
@@ -75,10 +98,11 @@ export class Scheduler implements PreemptHook {
   point(op: MemOp, hpa: number): void {
     if (this.inProgram) return; // a program's own operation: it already yielded before it
     this.log.push(`hw:${OP_NAMES[op]}@0x${hpa.toString(16)}`);
+    this.mem.clock++;
     for (;;) {
       const ready = this.runnable();
       if (ready.length === 0 || this.random() >= this.switchChance) return;
-      this.step(ready[Math.floor(this.random() * ready.length)]);
+      this.step(this.pick(ready));
     }
   }
 
@@ -98,7 +122,7 @@ export class Scheduler implements PreemptHook {
     for (;;) {
       const ready = this.runnable();
       if (ready.length === 0) break;
-      this.step(ready[Math.floor(this.random() * ready.length)]);
+      this.step(this.pick(ready));
     }
     this.mem.yields = false;
   }

@@ -5,6 +5,7 @@
  * kvm_handle_hva_range, and the subscriber the host mm calls.
  */
 import type { MmuNotifierOps, MmuNotifierRange, Program } from '../mm/mmu_notifier.js';
+import type { MmuLockUser } from './locks.js';
 import type { KvmGfnRange } from './memslots.js';
 import type { Kvm } from './vm.js';
 
@@ -70,6 +71,8 @@ interface HvaRange {
   onLock: ((kvm: Kvm) => void) | null;
   flushOnRet: boolean;
   lockless: boolean;
+  /** Who takes mmu_lock, for MmuLockStats. */
+  user: MmuLockUser;
 }
 
 /**
@@ -91,7 +94,7 @@ function* kvmHandleHvaRange(kvm: Kvm, r: HvaRange): Program<{ ret: boolean; foun
       if (!found) {
         found = true;
         if (!r.lockless) {
-          yield* kvm.mmuLock.writeLock();
+          yield* kvm.mmuLock.writeLock(r.user);
           locked = true;
           r.onLock?.(kvm);
           if (r.handler === null) break;
@@ -146,7 +149,7 @@ export class KvmMmuNotifier implements MmuNotifierOps {
     // Memslot updates wait until every started invalidation has ended, so start and end see the same slots.
     kvm.invalidate.mnActive++;
     yield* kvmHandleHvaRange(kvm, {
-      start: range.start, end: range.end, handler: kvmMmuUnmapGfnRange, onLock: (k) => k.invalidate.begin(), flushOnRet: true, lockless: false,
+      start: range.start, end: range.end, handler: kvmMmuUnmapGfnRange, onLock: (k) => k.invalidate.begin(), flushOnRet: true, lockless: false, user: 'invalidate',
     });
     return 0;
   }
@@ -155,7 +158,7 @@ export class KvmMmuNotifier implements MmuNotifierOps {
   *invalidateRangeEnd(range: MmuNotifierRange): Program<void> {
     const kvm = this.kvm;
     yield* kvmHandleHvaRange(kvm, {
-      start: range.start, end: range.end, handler: null, onLock: (k) => k.invalidate.end(), flushOnRet: false, lockless: false,
+      start: range.start, end: range.end, handler: null, onLock: (k) => k.invalidate.end(), flushOnRet: false, lockless: false, user: 'invalidate',
     });
     if (kvm.invalidate.mnActive === 0) throw new Error('assertion: invalidate_range_end without a start');
     kvm.invalidate.mnActive--;
@@ -192,6 +195,6 @@ export class KvmMmuNotifier implements MmuNotifierOps {
   /** kvm_age_hva_range: lockless on x86 since 6.15 (under mmu_lock for write before); no flush on return. */
   private *ageHvaRange(start: number, end: number, handler: GfnHandler): Program<boolean> {
     const lockless = this.kvm.flavour.kernel >= 615;
-    return (yield* kvmHandleHvaRange(this.kvm, { start, end, handler, onLock: null, flushOnRet: false, lockless })).ret;
+    return (yield* kvmHandleHvaRange(this.kvm, { start, end, handler, onLock: null, flushOnRet: false, lockless, user: 'aging' })).ret;
   }
 }

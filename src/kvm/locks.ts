@@ -12,42 +12,132 @@ function mustWait(mem: PhysMem, what: string): void {
   if (!mem.yields) throw new Error(`assertion: ${what} would wait forever: no other simulated CPU can release it`);
 }
 
+/**
+ * Who takes mmu_lock, for the cost figures: the vCPU fault path
+ * (kvm_tdp_mmu_page_fault), MMU-notifier aging (kvm_age_hva_range and the
+ * proposals' bitmap aging), MMU-notifier invalidation (start/end), or
+ * anything else (ioctls, release, tests).
+ */
+export type MmuLockUser = 'fault' | 'aging' | 'invalidate' | 'other';
+export const MMU_LOCK_USERS: readonly MmuLockUser[] = ['fault', 'aging', 'invalidate', 'other'];
+
+function byUser(): Record<MmuLockUser, number> {
+  return { fault: 0, aging: 0, invalidate: 0, other: 0 };
+}
+
+/**
+ * What mmu_lock cost, in scheduler steps (PhysMem.clock: one per program
+ * step or agent operation). All figures stay 0 when no scheduler runs: code
+ * then never yields inside a critical section, nobody waits.
+ */
+export class MmuLockStats {
+  /** Acquisitions, by mode and user. */
+  readonly readLocks = byUser();
+  readonly writeLocks = byUser();
+  /** Steps begun while held for write, by the writer. */
+  readonly writeHeld = byUser();
+  /** Steps begun while held for read by at least one reader. */
+  readHeld = 0;
+  /** Steps a waiter spent spinning (its own steps), by waiter. */
+  readonly waitSteps = byUser();
+  /**
+   * The same steps by waiter and holder, keyed `waiter/holder`; the holder of
+   * a read-held lock is its oldest reader.
+   */
+  readonly waitBehind = new Map<string, number>();
+
+  reset(): void {
+    for (const u of MMU_LOCK_USERS) {
+      this.readLocks[u] = 0;
+      this.writeLocks[u] = 0;
+      this.writeHeld[u] = 0;
+      this.waitSteps[u] = 0;
+    }
+    this.readHeld = 0;
+    this.waitBehind.clear();
+  }
+
+  /** Steps the vCPU fault path waited behind the given holder. */
+  faultWaitBehind(holder: MmuLockUser): number {
+    return this.waitBehind.get(`fault/${holder}`) ?? 0;
+  }
+}
+
 /** kvm->mmu_lock (rwlock_t on x86): many readers or one writer. */
 export class MmuLock {
   /** Readers inside; -1 while a writer holds it. */
   private state = 0;
-  /** Scheduler steps spent waiting, for the cost of a design. */
-  waits = 0;
+  /** The writer, or the readers in the order they got in. */
+  private writer: MmuLockUser = 'other';
+  private readonly readerUsers: MmuLockUser[] = [];
+  /** PhysMem.clock at the last change of state, for hold times. */
+  private since = 0;
+  readonly stats = new MmuLockStats();
 
   constructor(private readonly mem: PhysMem) {}
 
-  *readLock(): Generator<void, void, undefined> {
+  /** Scheduler steps spent waiting, all waiters (the cost of a design). */
+  get waits(): number {
+    const w = this.stats.waitSteps;
+    return w.fault + w.aging + w.invalidate + w.other;
+  }
+
+  /** Charge the steps since the last change of state to the state it had. */
+  private account(): void {
+    const now = this.mem.clock;
+    const d = now - this.since;
+    this.since = now;
+    if (d === 0) return;
+    if (this.state < 0) this.stats.writeHeld[this.writer] += d;
+    else if (this.state > 0) this.stats.readHeld += d;
+  }
+
+  /** One spinning step of a waiter, charged to it and to whoever holds the lock. */
+  private waitStep(who: MmuLockUser): void {
+    this.stats.waitSteps[who]++;
+    const holder = this.state < 0 ? this.writer : this.readerUsers[0];
+    const k = `${who}/${holder}`;
+    this.stats.waitBehind.set(k, (this.stats.waitBehind.get(k) ?? 0) + 1);
+  }
+
+  *readLock(who: MmuLockUser = 'other'): Generator<void, void, undefined> {
     if (this.mem.yields) yield;
     while (this.state < 0) {
       mustWait(this.mem, 'read_lock(mmu_lock)');
-      this.waits++;
+      this.waitStep(who);
       yield;
     }
+    this.account();
     this.state++;
+    this.readerUsers.push(who);
+    this.stats.readLocks[who]++;
   }
 
-  readUnlock(): void {
+  readUnlock(who: MmuLockUser = 'other'): void {
     if (this.state <= 0) throw new Error('assertion: read_unlock of mmu_lock not held for read');
+    const i = this.readerUsers.indexOf(who);
+    if (i < 0) throw new Error(`assertion: read_unlock of mmu_lock by ${who}, not a reader`);
+    this.account();
+    this.readerUsers.splice(i, 1);
     this.state--;
   }
 
-  *writeLock(): Generator<void, void, undefined> {
+  *writeLock(who: MmuLockUser = 'other'): Generator<void, void, undefined> {
     if (this.mem.yields) yield;
     while (this.state !== 0) {
       mustWait(this.mem, 'write_lock(mmu_lock)');
-      this.waits++;
+      this.waitStep(who);
       yield;
     }
+    this.account();
     this.state = -1;
+    this.writer = who;
+    this.stats.writeLocks[who]++;
   }
 
   writeUnlock(): void {
     if (this.state !== -1) throw new Error('assertion: write_unlock of mmu_lock not held for write');
+    this.account();
     this.state = 0;
   }
 

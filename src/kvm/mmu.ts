@@ -142,11 +142,11 @@ function* kvmTdpMmuPageFault(kvm: Kvm, vcpu: KvmVcpu, fault: KvmPageFault): Prog
   const r1 = yield* kvmMmuFaultinPfn(kvm, fault);
   if (r1 !== RetPf.Continue) return r1;
   let r = RetPf.Retry;
-  yield* kvm.mmuLock.readLock();
+  yield* kvm.mmuLock.readLock('fault');
   try {
     if (!isPageFaultStale(kvm, fault)) r = yield* kvm.tdpMmu.map(fault, vcpu.iter);
   } finally {
-    kvm.mmuLock.readUnlock();
+    kvm.mmuLock.readUnlock('fault');
   }
   return r;
 }

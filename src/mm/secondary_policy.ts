@@ -13,10 +13,10 @@
  *   eviction still asks everyone.
  *
  * The proposed ops never landed, so they are modelled here, beside the
- * policy, as per-subscriber capabilities (`SecondaryAgingCaps`); the KVM
- * side of them (kvmAgingCaps) uses KVM's own aging of one gfn.
+ * policy, as per-subscriber capabilities (`SecondaryAgingCaps`). The mm
+ * knows KVM only through the notifier interface and these caps: KVM's side
+ * of them is src/kvm/aging_caps.ts.
  */
-import type { Kvm } from '../kvm/vm.js';
 import type { MmStruct } from './mm.js';
 import type { MmuNotifierOps, Program } from './mmu_notifier.js';
 
@@ -214,50 +214,4 @@ export class SecondaryPolicy {
       }
     }
   }
-}
-
-/**
- * KVM's side of the proposals for x86 (not in src/kvm, whose ops are the
- * merged ones): has_fast_aging when aging is lockless (6.15+), and v3's
- * bitmap clear_young as kvm_arch_prepare_bitmap_age + per-gfn aging +
- * finish: one mmu_lock acquisition (write, before 6.15) for the window.
- * BITMAP_UNRELIABLE when shadow-MMU SPTEs may exist (only the TDP MMU is
- * aged by the bitmap).
- */
-export function kvmAgingCaps(kvm: Kvm): (sub: MmuNotifierOps) => SecondaryAgingCaps | null {
-  const fast = kvm.flavour.kernel >= 615;
-  const caps: SecondaryAgingCaps = {
-    fast,
-    *clearYoungBitmap(start: number, end: number, bitmap: Uint8Array): Program<number> {
-      if (kvm.indirectShadowPages !== 0) return MMU_NOTIFIER_YOUNG_BITMAP_UNRELIABLE;
-      const idx = kvm.srcu.readLock();
-      let locked = false;
-      let young = false;
-      const hvaBase = start;
-      try {
-        const ranges = kvm.memslots.hvaRangeGfnRanges(start, end);
-        if (ranges.length > 0 && !fast) {
-          yield* kvm.mmuLock.writeLock();
-          locked = true;
-        }
-        const hit = new Uint8Array(bitmap.length);
-        for (const r of ranges) {
-          for (let gfn = r.start; gfn < r.end; gfn++) {
-            const i = (r.slot.userspace_addr + (gfn - r.slot.base_gfn) * PAGE - hvaBase) / PAGE;
-            if (bitmap[i] === 0) continue;
-            if (yield* kvm.tdpMmu.ageGfnRange({ slot: r.slot, start: gfn, end: gfn + 1 }, false)) {
-              hit[i] = 1;
-              young = true;
-            }
-          }
-        }
-        bitmap.set(hit);
-      } finally {
-        if (locked) kvm.mmuLock.writeUnlock();
-        kvm.srcu.readUnlock(idx);
-      }
-      return young ? MMU_NOTIFIER_YOUNG | (fast ? MMU_NOTIFIER_YOUNG_FAST : 0) : 0;
-    },
-  };
-  return (sub) => (sub === kvm.notifier ? caps : null);
 }

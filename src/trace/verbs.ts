@@ -49,6 +49,9 @@ export const NOTIFIER_OPS = [
   'invalidate_range_start', 'invalidate_range_end', 'invalidate', 'clear_young', 'clear_flush_young', 'test_young', 'release',
 ] as const;
 /** Invalidation callbacks by event (MmuNotifierSubscriptions.callsByEvent): MMU_NOTIFY_<NAME> in lower case. */
+/** MmuLockUser of src/kvm/locks.ts, for the mmu_lock counters. */
+const MMU_LOCK_USERS = ['fault', 'aging', 'invalidate', 'other'] as const;
+
 export const NOTIFIER_EVENTS = ['unmap', 'clear', 'protection_vma', 'protection_page', 'soft_dirty', 'release', 'migrate', 'exclusive'] as const;
 
 /**
@@ -63,6 +66,14 @@ export const COUNTERS = [
   'evicted', 'refaults', 'swap_outs', 'swap_ins', 'kswapd_wakeups', 'lru_pages', 'notifier_calls',
   ...NOTIFIER_OPS.map((o) => `calls_${o}` as const),
   ...NOTIFIER_EVENTS.map((e) => `event_${e}` as const),
+  // the secondary-MMU policy's cost and benefit (MGLRU; docs/mm.md)
+  'policy_calls', 'policy_pages_asked', 'policy_young',
+  // kvm->mmu_lock (MmuLockStats): acquisitions by user; hold and wait steps (0 without a scheduler)
+  ...MMU_LOCK_USERS.map((u) => `mmu_lock_reads_${u}` as const),
+  ...MMU_LOCK_USERS.map((u) => `mmu_lock_writes_${u}` as const),
+  ...MMU_LOCK_USERS.map((u) => `mmu_lock_held_write_${u}` as const),
+  'mmu_lock_held_read',
+  ...MMU_LOCK_USERS.map((u) => `mmu_lock_wait_${u}` as const),
 ] as const;
 
 /** Named SPTE bits of `expect spte`, per flavour; each takes 0 or 1. */

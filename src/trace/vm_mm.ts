@@ -8,13 +8,14 @@
  * Everything a command needs was validated by vm_check.ts before the run.
  */
 import { runProgram } from '../hw/sched.js';
+import { kvmAgingCaps } from '../kvm/aging_caps.js';
 import { GUEST_HVA_BASE, type Kvm } from '../kvm/vm.js';
 import { LruList, PG_dirty, PG_idle, PG_referenced, PG_workingset } from '../mm/folio.js';
 import { Lruvec, lruGenFromSeq } from '../mm/mglru.js';
 import { MglruReclaimer, lruGenDebugfs } from '../mm/mglru_evict.js';
 import { PageIdle } from '../mm/page_idle.js';
 import { _PAGE_ACCESSED, _PAGE_DIRTY } from '../mm/pgtable.js';
-import { SecondaryPolicy, kvmAgingCaps, type SecondaryPolicyName } from '../mm/secondary_policy.js';
+import { SecondaryPolicy, type SecondaryPolicyName } from '../mm/secondary_policy.js';
 import type { SwapDevice } from '../mm/swap.js';
 import { setUpReclaim, type Reclaimer } from '../mm/vmscan.js';
 import type { Workingset } from '../mm/workingset.js';
@@ -228,6 +229,9 @@ export class MmSession {
       case 'swap_ins': return this.swap.stats.swapins;
       case 'kswapd_wakeups': return this.reclaim.stats.kswapdWakeups;
       case 'lru_pages': return this.lruPages;
+      case 'policy_calls': return this.policy?.stats.notifierCalls ?? 0;
+      case 'policy_pages_asked': return this.policy?.stats.pagesAsked ?? 0;
+      case 'policy_young': return this.policy?.stats.secondaryYoung ?? 0;
       case 'notifier_calls': {
         let s = 0;
         for (const v of n.calls.values()) s += v;

@@ -9,6 +9,7 @@ import type Long from 'long';
 import { runProgram } from '../hw/sched.js';
 import { AccessKind, AccessResult, Outcome } from '../hw/result.js';
 import type { EventFields } from '../kvm/events.js';
+import type { MmuLockStats, MmuLockUser } from '../kvm/locks.js';
 import { KVM_MEM_READONLY } from '../kvm/memslots.js';
 import { spteToPfn } from '../kvm/spte.js';
 import { GUEST_HVA_BASE, Kvm, type GuestAccess } from '../kvm/vm.js';
@@ -282,7 +283,9 @@ export class VmSession {
       case 'splits': return t.splits;
       case 'host_faults': return k.mm.faults;
       case 'pfn_dirtied': return s.pfnDirtied;
-      default: return this.mm?.counter(name) ?? notifierCounter(k, name) ?? 0;
+      case 'mmu_lock_held_read': return k.mmuLock.stats.readHeld;
+      default:
+        if (name.startsWith('mmu_lock_')) return mmuLockCounter(k.mmuLock.stats, name.slice(9)); return this.mm?.counter(name) ?? notifierCounter(k, name) ?? 0;
     }
   }
 
@@ -334,5 +337,18 @@ export class VmSession {
     const set = ((bitmap[i >>> 5] >>> (i & 31)) & 1) === 1;
     const want = c.words.has('set');
     return set === want ? [] : [`expect dirty: expected gfn ${hexNum(gfn)} ${want ? 'set' : 'clear'}, got ${set ? 'set' : 'clear'} (memslot ${slot.id})`];
+  }
+}
+
+/** The mmu_lock counters `reads_U`, `writes_U`, `held_write_U`, `wait_U` (U a MmuLockUser). */
+function mmuLockCounter(st: MmuLockStats, rest: string): number {
+  const m = /^(reads|writes|held_write|wait)_(fault|aging|invalidate|other)$/.exec(rest);
+  if (m === null) throw new Error(`assertion: mmu_lock counter ${rest}`);
+  const u = m[2] as MmuLockUser;
+  switch (m[1]) {
+    case 'reads': return st.readLocks[u];
+    case 'writes': return st.writeLocks[u];
+    case 'held_write': return st.writeHeld[u];
+    default: return st.waitSteps[u];
   }
 }

@@ -74,6 +74,10 @@ const STATS = [
   '│ host page faults                  │     2 │',
   '│ remote TLB flushes                │     2 │',
   '│ SPTEs aged                        │     3 │',
+  '│ mmu_lock read (fault)             │     2 │', // the two first-touch faults
+  '│ mmu_lock write (invalidate)       │     6 │', // start and end of the 3 invalidation pairs
+  '│ mmu_lock held for read (steps)    │     0 │', // a trace runs without a scheduler: no step passes under the lock
+  '│ vCPU steps waiting for mmu_lock   │     0 │',
   '│ notifier calls                    │    15 │',
   '│   clear_flush_young               │     4 │',
   '│   clear_young                     │     5 │',

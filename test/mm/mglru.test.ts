@@ -4,11 +4,12 @@
  */
 import { describe, expect, it } from 'vitest';
 import { runProgram } from '../../src/hw/sched.js';
+import { kvmAgingCaps } from '../../src/kvm/aging_caps.js';
 import { PG_referenced, PG_workingset, PG_swapbacked, lruGenList } from '../../src/mm/folio.js';
 import { Lruvec, type MglruVersion } from '../../src/mm/mglru.js';
 import { MglruReclaimer, lruGenAgeNode, lruGenDebugfs, shouldRunAging } from '../../src/mm/mglru_evict.js';
 import { lookAroundWindow, pmdEntryOf, VM_SPECIAL, lookAround } from '../../src/mm/mglru_walk.js';
-import { SecondaryPolicy, kvmAgingCaps, type SecondaryPolicyName } from '../../src/mm/secondary_policy.js';
+import { SecondaryPolicy, type SecondaryPolicyName } from '../../src/mm/secondary_policy.js';
 import { _PAGE_ACCESSED } from '../../src/mm/pgtable.js';
 import type { Kvm } from '../../src/kvm/vm.js';
 import { guestAccess, hvaOf, makeVm } from '../support/kvm_setup.js';

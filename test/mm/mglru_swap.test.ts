@@ -7,13 +7,14 @@
  */
 import { describe, expect, it } from 'vitest';
 import { runProgram } from '../../src/hw/sched.js';
+import { kvmAgingCaps } from '../../src/kvm/aging_caps.js';
 import type { Kvm } from '../../src/kvm/vm.js';
 import { PG_referenced, PG_swapcache, PG_workingset } from '../../src/mm/folio.js';
 import { Lruvec, unpackLruGenShadow } from '../../src/mm/mglru.js';
 import { MglruReclaimer } from '../../src/mm/mglru_evict.js';
 import { MmuNotifierEvent } from '../../src/mm/mmu_notifier.js';
 import { _PAGE_ACCESSED, _PAGE_PRESENT } from '../../src/mm/pgtable.js';
-import { SecondaryPolicy, kvmAgingCaps } from '../../src/mm/secondary_policy.js';
+import { SecondaryPolicy } from '../../src/mm/secondary_policy.js';
 import { setUpReclaim } from '../../src/mm/vmscan.js';
 import { guestAccess, hvaOf, makeVm } from '../support/kvm_setup.js';
 

@@ -14,9 +14,10 @@
  */
 import { describe, expect, it } from 'vitest';
 import { runProgram } from '../../src/hw/sched.js';
+import { kvmAgingCaps } from '../../src/kvm/aging_caps.js';
 import { Lruvec } from '../../src/mm/mglru.js';
 import { MglruReclaimer } from '../../src/mm/mglru_evict.js';
-import { SecondaryPolicy, kvmAgingCaps, type SecondaryPolicyName } from '../../src/mm/secondary_policy.js';
+import { SecondaryPolicy, type SecondaryPolicyName } from '../../src/mm/secondary_policy.js';
 import { guestAccess, hvaOf, makeVm } from '../support/kvm_setup.js';
 
 const P = 4096;

@@ -5,9 +5,10 @@
  */
 import { describe, expect, it } from 'vitest';
 import { Scheduler, runProgram } from '../../src/hw/sched.js';
+import { kvmAgingCaps } from '../../src/kvm/aging_caps.js';
 import { Lruvec, MAX_SWAPPINESS, type MglruVersion } from '../../src/mm/mglru.js';
 import { MglruReclaimer } from '../../src/mm/mglru_evict.js';
-import { SecondaryPolicy, kvmAgingCaps, type SecondaryPolicyName } from '../../src/mm/secondary_policy.js';
+import { SecondaryPolicy, type SecondaryPolicyName } from '../../src/mm/secondary_policy.js';
 import { GUEST_HVA_BASE, accessProgram, guestAccess, makeVm, type KindName } from '../support/kvm_setup.js';
 
 const P = 4096;
