@@ -222,10 +222,10 @@ export const VERBS: Record<string, VerbSpec> = {
   /** mprotect of any host-page aligned part of guest memory: areas split and merged, a PROTECTION_VMA pair per area changed. */
   mprotect: { keys: { gpa: u64, size }, required: ['gpa', 'size'], words: [['ro', 'rw']], requiredWords: [0], scope: 'vm' },
   /**
-   * mremap of part of an area of guest memory: shrink, grow in place, move with `maymove` (MREMAP_MAYMOVE) or to hva `to`
+   * mremap of part of an area of guest memory (gpa=), or of one moved away before (hva=): shrink, grow in place, move with `maymove` (MREMAP_MAYMOVE) or to hva `to`
    * (MREMAP_MAYMOVE|MREMAP_FIXED). A move is two UNMAP pairs over the old range; the memslot keeps the old hva.
    */
-  mremap: { keys: { gpa: u64, size, new_size: size, to: u64 }, required: ['gpa', 'size'], words: [['maymove']], scope: 'vm' },
+  mremap: { keys: { gpa: u64, hva: u64, size, new_size: size, to: u64 }, required: ['size'], words: [['maymove']], scope: 'vm' },
   /** madvise(MADV_FREE) on guest memory: CLEAR; PTEs old and clean, folios lazyfree (classic LRU, 4K host pages). */
   madvise_free: { keys: { gpa: u64, size }, required: ['gpa', 'size'], scope: 'vm' },
   /** migrate_pages of the folio backing the guest page at gpa: CLEAR, migration entry, new frame (classic LRU, 4K host pages). */

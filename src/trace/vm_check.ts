@@ -345,31 +345,35 @@ class VmChecker {
   }
 
   /**
-   * mremap gpa= size= [new_size=] [to=] [maymove]: host-page aligned; then
+   * mremap gpa=|hva= size= [new_size=] [to=] [maymove]: host-page aligned; then
    * the shadow mm does what the run will (shrink, grow in place, move) or
    * refuses it with the syscall's errno.
    */
   private mremap(c: Command): void {
-    const gpa = num(c, 'gpa')!;
+    const hvaArg = num(c, 'hva');
+    if ((hvaArg === undefined) === !c.args.has('gpa')) this.fail(c, null, `mremap: give the old address as gpa= (guest memory) or hva= (an area moved away before), one of them`);
+    const gpa = hvaArg === undefined ? num(c, 'gpa')! : hvaArg - GUEST_MEMORY_HVA;
+    const at = hvaArg === undefined ? 'gpa' : 'hva';
     const size = num(c, 'size')!;
     const newSize = num(c, 'new_size') ?? size;
     const to = num(c, 'to');
     const host = SIZE[this.opts.hostLevel];
-    if (gpa % this.hostBytes !== 0) this.fail(c, 'gpa', `mremap: gpa ${hex(gpa)} is not aligned to the ${host} host page`);
+    if (gpa % this.hostBytes !== 0) this.fail(c, at, `mremap: ${at} ${hex(hvaArg ?? gpa)} is not aligned to the ${host} host page`);
     if (size === 0 || size % this.hostBytes !== 0) this.fail(c, 'size', `mremap: size ${hex(size)} is not a non-zero multiple of the ${host} host page`);
     if (newSize === 0 || newSize % this.hostBytes !== 0) this.fail(c, 'new_size', `mremap: new_size ${hex(newSize)} is not a non-zero multiple of the ${host} host page`);
-    if (gpa + size > GPA_LIMIT) this.fail(c, 'size', `mremap: gpa range ends beyond ${hex(GPA_LIMIT)}`);
+    if (gpa + size > GPA_LIMIT) this.fail(c, 'size', `mremap: range ends beyond TASK_SIZE`);
     if (to !== undefined && to < 0x10000) this.fail(c, 'to', `mremap: to ${hex(to)} is below mmap_min_addr (0x10000)`);
     const hva = GUEST_MEMORY_HVA + gpa;
-    const u = this.unmapped(gpa, this.hostBytes);
-    if (u !== null) this.fail(c, 'gpa', `mremap: EFAULT: gpa ${hex(gpa)} is ${u.why}`);
-    let r: { addr: number; kind: string } | null = null;
+    if (hvaArg === undefined) {
+      const u = this.unmapped(gpa, this.hostBytes);
+      if (u !== null) this.fail(c, 'gpa', `mremap: EFAULT: gpa ${hex(gpa)} is ${u.why}`);
+    }
     // The column points at what is wrong: the target for its own errors, else the old range.
-    const key = (m: string): string => (to !== undefined && /new (range|address)|TASK_SIZE/.test(m) ? 'to' : /cannot grow/.test(m) && c.args.has('new_size') ? 'new_size' : 'gpa');
+    const key = (m: string): string => (to !== undefined && /new (range|address)|TASK_SIZE/.test(m) ? 'to' : /cannot grow/.test(m) && c.args.has('new_size') ? 'new_size' : at);
+    let res = { addr: hva, kind: 'none' };
     this.shadowRun(c, key, () => {
-      r = runProgram(mremap(this.shadow, hva, size, newSize, { maymove: c.words.has('maymove'), ...(to !== undefined ? { fixed: to } : {}) }));
+      res = runProgram(mremap(this.shadow, hva, size, newSize, { maymove: c.words.has('maymove'), ...(to !== undefined ? { fixed: to } : {}) }));
     });
-    const res = r as unknown as { addr: number; kind: string };
     if (to !== undefined) this.gone.push({ start: to, end: to + newSize, line: c.line });
     if (res.kind === 'move') this.gone.push({ start: hva, end: hva + size, line: c.line });
     else if (res.kind === 'shrink') this.gone.push({ start: hva + newSize, end: hva + size, line: c.line });

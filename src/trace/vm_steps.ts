@@ -119,13 +119,13 @@ export class VmSession {
         runProgram(kvm.mm.mprotect(GUEST_HVA_BASE + num(c, 'gpa')!, num(c, 'size')!, { writable: c.words.has('rw') }));
         return null;
       case 'mremap': {
-        const gpa = num(c, 'gpa')!;
+        const hva = num(c, 'hva') ?? GUEST_HVA_BASE + num(c, 'gpa')!;
         const size = num(c, 'size')!;
         const newSize = num(c, 'new_size');
         const to = num(c, 'to');
-        const r = runProgram(mremap(kvm.mm, GUEST_HVA_BASE + gpa, size, newSize ?? size, { maymove: c.words.has('maymove'), ...(to !== undefined ? { fixed: to } : {}) }));
+        const r = runProgram(mremap(kvm.mm, hva, size, newSize ?? size, { maymove: c.words.has('maymove'), ...(to !== undefined ? { fixed: to } : {}) }));
         return {
-          line: s.line, op: 'mremap', gpa: hexNum(gpa), size: hexNum(size), ...(newSize !== undefined ? { new_size: hexNum(newSize) } : {}),
+          line: s.line, op: 'mremap', ...(c.args.has('hva') ? { hva: hexNum(hva) } : { gpa: hexNum(hva - GUEST_HVA_BASE) }), size: hexNum(size), ...(newSize !== undefined ? { new_size: hexNum(newSize) } : {}),
           to: hexNum(r.addr), how: r.kind, moved: r.moved,
         };
       }

@@ -191,6 +191,8 @@ describe('bad host-mm input: exit 2, FILE:LINE:COL, nothing run', () => {
     ['host-mm with 2M host pages', 'vm tdp=ept host_page=2m lru=classic\n', '1:25: vm: lru= needs host_page=4k (the host-mm layer reclaims 4K folios only)'],
     ['mremap growing into a memslot', 'vm tdp=ept memory=64K\nmemslot slot=1 gpa=0x10000 size=64K\nmremap gpa=0x8000 size=32K new_size=64K\n', '3:28: mremap: ENOMEM: 0x7f0000008000+0x8000 cannot grow to 0x10000 in place and MREMAP_MAYMOVE is not set'],
     ['mremap past its area', 'vm tdp=ept memory=64K\nmunmap gpa=0x8000 size=4K\nmremap gpa=0 size=64K to=0x100000000\n', '3:8: mremap: EFAULT: 0x7f0000000000+0x10000 runs past the area 0x7f0000000000..0x7f0000008000'],
+    ['mremap of an hva with no area', 'vm tdp=ept memory=64K\nmremap hva=0x100000000 size=4K to=0x200000000\n', '2:8: mremap: EFAULT: no area at 0x100000000'],
+    ['mremap with gpa= and hva=', 'vm tdp=ept memory=64K\nmremap gpa=0 hva=0x7f0000000000 size=4K\n', '2:1: mremap: give the old address as gpa= (guest memory) or hva= (an area moved away before), one of them'],
     ['mremap onto itself', 'vm tdp=ept memory=64K\nmremap gpa=0 size=64K to=0x7f0000008000\n', '2:23: mremap: EINVAL: new range 0x7f0000008000+0x10000 overlaps the old range 0x7f0000000000+0x10000'],
     ['madvise_free after mremap', 'vm tdp=ept memory=64K\nmremap gpa=0 size=64K to=0x100000000\nmadvise_free gpa=0 size=4K\n', '3:14: madvise_free: ENOMEM: gpa 0x0 of the range 0x0+0x1000 is unmapped at line 2'],
     ['migrate with MGLRU', 'vm tdp=ept lru=mglru\nmigrate gpa=0\n', '2:1: migrate: not modelled with lru=mglru (lazyfree and migrated folios on MGLRU lists); use the classic LRU'],
