@@ -5,11 +5,12 @@
  *
  * Per area met (madvise_walk_vmas), one CLEAR invalidation over the part
  * of the range inside it: invalidate_range_start; each swap entry is freed
- * and cleared (that data is gone); each present PTE of an exclusive order-0 anon folio has
- * the folio's dirty flag cleared (a swap-cache folio first leaves the swap
- * cache, folio_free_swap), is made old and clean (A and D cleared, RW and
- * soft-dirty kept), and the folio is marked lazyfree: PG_swapbacked,
- * PG_active and PG_referenced cleared, moved to the inactive file list;
+ * and cleared (that data is gone); each present PTE of an exclusive
+ * order-0 anon folio has the folio's dirty flag cleared (a swap-cache folio
+ * first leaves the swap cache, folio_free_swap), is made old and clean
+ * (A and D cleared, RW and soft-dirty kept), and the folio is marked
+ * lazyfree: PG_swapbacked, PG_active and PG_referenced cleared, moved to
+ * the inactive file list;
  * the TLB is flushed at tlb_end_vma when an entry changed; then
  * invalidate_range_end.
  *

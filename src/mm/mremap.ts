@@ -73,8 +73,8 @@ export function* mremap(mm: MmStruct, addr: number, oldLen: number, newLen: numb
     if (newLen > TASK_SIZE || fixed > TASK_SIZE - newLen) throw new MmError('EINVAL', `mremap: EINVAL: ${hex(fixed)}+${hex(newLen)} is beyond TASK_SIZE`);
     if (fixed < addr + oldLen && addr < fixed + newLen) throw new MmError('EINVAL', `mremap: EINVAL: new range ${hex(fixed)}+${hex(newLen)} overlaps the old range ${hex(addr)}+${hex(oldLen)}`);
   }
-  // vma_to_resize: the part to keep must lie in the area (a shrink without MREMAP_FIXED only unmaps, like munmap).
-  const keep = fixed === undefined && newLen < oldLen ? newLen : Math.min(oldLen, newLen);
+  // vma_to_resize: the part that moves or grows must lie in the area (a shrink without MREMAP_FIXED only unmaps, like munmap).
+  const keep = fixed === undefined && newLen <= oldLen ? 0 : Math.min(oldLen, newLen);
   if (addr + keep > vma.end) throw new MmError('EFAULT', `mremap: EFAULT: ${hex(addr)}+${hex(keep)} runs past the area ${hex(vma.start)}..${hex(vma.end)}`);
   if (addr % align !== 0 || oldLen % align !== 0 || newLen % align !== 0) {
     throw new MmError('EINVAL', `mremap: EINVAL: ${hex(addr)}, ${hex(oldLen)}, ${hex(newLen)} must be aligned to the area's ${align / 1024}K page (splitting huge pages is not modelled)`);

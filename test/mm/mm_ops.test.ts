@@ -400,6 +400,18 @@ describe('mremap of part of an area', () => {
     expect(log).toEqual([]);
   });
 
+  it('grow in place up to the next piece of the same mmap: vma_expand, then merged with it (contiguous vm_pgoff); no event', () => {
+    const { kvm, log, tokens } = written();
+    runProgram(kvm.mm.munmap(P(8), 2 * K4));
+    log.length = 0;
+    const r = runProgram(mremap(kvm.mm, P(0), 8 * K4, 10 * K4));
+    expect(r.kind).toBe('grow');
+    expect(layout(kvm.mm)).toEqual([[0, 16, 0, 'rw']]);
+    expect(log).toEqual([]);
+    expect(kvm.mm.findVma(P(0))!.tokens).toEqual(Uint32Array.from(tokens.map((t, g) => (g === 8 || g === 9 ? 0 : t))));
+    expect(kvm.mm.checkIntegrity()).toEqual({ pages: 16, mismatches: [] });
+  });
+
   it('grow with MREMAP_MAYMOVE when blocked: moved whole to the top free range below mmap_base (UNMAP pairs over the old range), data along', () => {
     const { kvm, log, tokens } = written();
     kvm.mm.mmap(P(16), 4 * K4);
