@@ -5,6 +5,11 @@
  * soft-dirty (SOFT_DIRTY). Per operation: the event, range and flags, the
  * order (what the PTE and the host TLB flush count look like inside start
  * and end), the exact PTEs after, KVM's SPTEs zapped, and the data tokens.
+ * Then munmap, mprotect, madvise DONTNEED/FREE and mremap (shrink, grow in
+ * place, MREMAP_MAYMOVE, MREMAP_FIXED) on part of an area: the exact VMA
+ * list after (split, merged back), the events over exactly the range, the
+ * SPTEs outside it kept, and the errno of bad arguments, which change
+ * nothing.
  */
 import { describe, expect, it } from 'vitest';
 import { Outcome } from '../../src/hw/result.js';
