@@ -3,13 +3,14 @@
  * madvise_free_pte_range, folio_mark_lazyfree) and the lazyfree half of
  * try_to_unmap_one (mm/rmap.c), mm.md section 6 "madvise FREE".
  *
- * Per area met, one CLEAR invalidation over the part of the range inside
- * it: invalidate_range_start; each swap entry is freed and cleared (that
- * data is gone); each present PTE of an exclusive order-0 anon folio has
- * the folio's dirty flag cleared (a swap-cache folio first leaves the swap
- * cache, folio_free_swap), is made old and clean (A and D cleared, RW and
- * soft-dirty kept), and the folio is marked lazyfree: PG_swapbacked,
- * PG_active and PG_referenced cleared, moved to the inactive file list;
+ * Per area met (madvise_walk_vmas), one CLEAR invalidation over the part
+ * of the range inside it: invalidate_range_start; each swap entry is freed
+ * and cleared (that data is gone); each present PTE of an exclusive
+ * order-0 anon folio has the folio's dirty flag cleared (a swap-cache folio
+ * first leaves the swap cache, folio_free_swap), is made old and clean
+ * (A and D cleared, RW and soft-dirty kept), and the folio is marked
+ * lazyfree: PG_swapbacked, PG_active and PG_referenced cleared, moved to
+ * the inactive file list;
  * the TLB is flushed at tlb_end_vma when an entry changed; then
  * invalidate_range_end.
  *
@@ -24,7 +25,7 @@
  * folios, MGLRU (lru_gen lists for lazyfree folios).
  */
 import { LruList, PG_active, PG_anon, PG_dirty, PG_referenced, PG_swapbacked, PG_swapcache, PG_unevictable } from './folio.js';
-import { PAGE_SIZE, VM_LOCKED, type MmStruct, type VmArea } from './mm.js';
+import { PAGE_SIZE, VM_LOCKED, folioVma, vmaAddress, type MmStruct } from './mm.js';
 import { MMU_NOTIFIER_RANGE_BLOCKABLE, MmuNotifierEvent, mmuNotifierRangeInit, type Program } from './mmu_notifier.js';
 import { _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, entryAddr, type LeafVisitor } from './pgtable.js';
 
@@ -40,13 +41,15 @@ export interface MadviseFreeResult {
   flushes: number;
 }
 
-/** madvise(MADV_FREE) over [start, start+length). */
+/**
+ * madvise(MADV_FREE) over [start, start+length): one CLEAR pair per area met, over its part of
+ * the range (areas are not split). EINVAL for an unaligned start, ENOMEM (nothing done) when part
+ * of the range is not mapped.
+ */
 export function* madviseFree(mm: MmStruct, start: number, length: number): Program<MadviseFreeResult> {
-  const end = start + length;
-  const hex = (n: number): string => `0x${n.toString(16)}`;
-  if (start % PAGE_SIZE !== 0 || length % PAGE_SIZE !== 0 || length <= 0) throw new RangeError(`madvise_free: ${hex(start)}+${hex(length)} not page aligned`);
+  const end = mm.checkRange('madvise', start, length);
   if (mm.folios.mglru !== null) throw new RangeError('madvise_free: lazyfree folios on MGLRU lists are not modelled (use the classic LRU)');
-  const vmas = mm.areas.filter((v) => v.start < end && start < v.end).sort((a, b) => a.start - b.start);
+  const vmas = end === start ? [] : mm.requireMapped('madvise', start, end);
   for (const v of vmas) if (v.level !== 1) throw new RangeError('madvise_free: huge mappings are not modelled (madvise_free_huge_pmd)');
   const res: MadviseFreeResult = { cleaned: 0, lazyfree: 0, swapFreed: 0, flushes: 0 };
   const mem = mm.mem;
@@ -118,10 +121,10 @@ export function isLazyfree(mm: MmStruct, head: number): boolean {
 export function* tryToUnmapLazyfree(mm: MmStruct, head: number): Program<boolean> {
   const f = mm.folios;
   const i = f.idx(head);
-  const vma = f.mappings[f.mapping[i]] as VmArea | null | undefined;
-  if (vma === null || vma === undefined || vma.mm !== mm || mm.findVma(vma.start) !== vma) return f.mapcount[i] <= 0;
+  const vma = folioVma(f, head);
+  if (vma === null || vma.mm !== mm) return f.mapcount[i] <= 0;
   if (((vma.vmFlags ?? 0) & VM_LOCKED) !== 0) return false;
-  const addr = vma.start + f.index[i] * PAGE_SIZE;
+  const addr = vmaAddress(vma, f.index[i]);
   const range = mmuNotifierRangeInit(MmuNotifierEvent.Clear, MMU_NOTIFIER_RANGE_BLOCKABLE, addr, addr + PAGE_SIZE);
   yield* mm.notifiers.invalidateRangeStart(range);
   let ok = true;
@@ -139,7 +142,7 @@ export function* tryToUnmapLazyfree(mm: MmStruct, head: number): Program<boolean
     if (f.refcount[i] === 1 + f.mapcount[i] && !f.test(head, PG_dirty)) {
       f.mapcount[i]--; // discard: folio_remove_rmap_pte, folio_put
       f.refcount[i]--;
-      if (vma.tokens !== null) vma.tokens[f.index[i]] = 0;
+      if (vma.tokens !== null) vma.tokens[f.index[i] - vma.pgoff] = 0;
     } else {
       mem.store64(entry, lo, hi); // redirtied: remap it
       f.set(head, PG_swapbacked);

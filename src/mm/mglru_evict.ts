@@ -20,7 +20,7 @@
  * Lruvec.shadows.
  */
 import { PG_active, PG_referenced, PG_reclaim, PG_unevictable, PG_workingset, lruGenList } from './folio.js';
-import { PAGE_SIZE, type MmStruct, type VmArea } from './mm.js';
+import { PAGE_SIZE, folioVma, vmaAddress, type MmStruct, type VmArea } from './mm.js';
 import {
   DEF_PRIORITY, LRU_REFS_WIDTH, MAX_LRU_BATCH, MAX_NR_GENS, MAX_NR_TIERS, MAX_SWAPPINESS, MIN_LRU_BATCH, MIN_NR_GENS, evictableTypes, lruGenFromSeq, packLruGenShadow,
   unpackLruGenShadow, type Lruvec,
@@ -126,18 +126,18 @@ export function lruGenDebugfs(lruvecs: readonly Lruvec[], now: number, full = fa
 function rmapOf(lruvec: Lruvec, pfn: number): { vma: VmArea; hva: number } | null {
   const f = lruvec.folios;
   const i = f.idx(pfn);
-  const vma = f.mappings[f.mapping[i]] as VmArea | null | undefined;
-  if (vma === null || vma === undefined || f.mapcount[i] <= 0) return null;
-  return { vma, hva: vma.start + f.index[i] * PAGE };
+  const vma = folioVma(f, pfn);
+  if (vma === null || f.mapcount[i] <= 0) return null;
+  return { vma, hva: vmaAddress(vma, f.index[i]) };
 }
 
 /** The VMA and hva a folio belongs to (folio->mapping + index), mapped or not. */
 function ownerOf(lruvec: Lruvec, pfn: number): { vma: VmArea; hva: number } | null {
   const f = lruvec.folios;
   const i = f.idx(pfn);
-  const vma = f.mappings[f.mapping[i]] as VmArea | null | undefined;
-  if (vma === null || vma === undefined) return null;
-  return { vma, hva: vma.start + f.index[i] * PAGE };
+  const vma = folioVma(f, pfn);
+  if (vma === null) return null;
+  return { vma, hva: vmaAddress(vma, f.index[i]) };
 }
 
 /**

@@ -28,7 +28,7 @@
  * would move too), MGLRU (the new folio's generation).
  */
 import { LruList, PG_active, PG_anon, PG_dirty, PG_idle, PG_referenced, PG_swapbacked, PG_swapcache, PG_unevictable, PG_uptodate, PG_workingset, PG_young } from './folio.js';
-import { PAGE_SIZE, type MmStruct, type VmArea } from './mm.js';
+import { PAGE_SIZE, folioVma, vmaAddress, type MmStruct } from './mm.js';
 import { MMU_NOTIFIER_RANGE_BLOCKABLE, MmuNotifierEvent, mmuNotifierRangeInit, type Program } from './mmu_notifier.js';
 import {
   _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_NX_HI, _PAGE_PRESENT, _PAGE_RW, _PAGE_SOFT_DIRTY, _PAGE_SWP_SOFT_DIRTY, _PAGE_USER, entryAddr, pfnHi, pfnLo,
@@ -77,14 +77,14 @@ export function* migrateFolio(mm: MmStruct, hva: number, observe?: (phase: 'migr
   const si = f.idx(src);
   if (f.order(src) !== 0) throw new RangeError('migrate: large folios are not modelled');
   if ((f.flags[si] & PG_swapcache) !== 0) throw new RangeError('migrate: swap-cache folios are not modelled');
-  const vma = f.mappings[f.mapping[si]] as VmArea | null | undefined;
-  if (vma === null || vma === undefined || vma.mm !== mm || f.mapcount[si] !== 1) throw new RangeError('migrate: only a folio mapped once by this mm is modelled');
+  const vma = folioVma(f, src);
+  if (vma === null || vma.mm !== mm || f.mapcount[si] !== 1) throw new RangeError('migrate: only a folio mapped once by this mm is modelled');
   // isolate_lru_page: off the LRU with a reference.
   const wasOn = f.lruDel(src) >= 0;
   f.get(src);
   const dst = mm.pages.allocPage() / PAGE_SIZE;
   const di = f.idx(dst);
-  const addr = vma.start + f.index[si] * PAGE_SIZE;
+  const addr = vmaAddress(vma, f.index[si]);
   const mem = mm.mem;
   const pt = mm.pt;
 

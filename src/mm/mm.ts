@@ -7,9 +7,17 @@
  * the kernel's order: start -> clear PTEs -> flush TLB -> end, then the
  * folios are freed (mm.md section 6).
  *
+ * The VMA list follows mm/vma.c where it is observable: munmap, mprotect
+ * and mremap of part of an area split it (__split_vma), and pieces of one
+ * anon_vma with the same flags and contiguous vm_pgoff merge back
+ * (vma_merge). Arguments are checked before anything changes; a bad one is
+ * an MmError carrying the errno the syscall returns.
+ *
  * Not modelled (yet): the shared zero page (an anonymous read fault maps a
  * fresh folio, as with mm_forbids_zeropage), THP splitting (a partial zap
- * of a huge mapping is refused), VMA splitting, per-CPU LRU-add batches.
+ * or split of a huge mapping is refused), merging of a new mmap with its
+ * neighbours (every mmap is its own area with its own anon_vma), per-CPU
+ * LRU-add batches.
  */
 import type { PhysMem } from '../hw/phys_mem.js';
 import { Outcome } from '../hw/result.js';
@@ -31,18 +39,70 @@ export type HostLevel = 1 | 2 | 3;
 
 export interface VmArea {
   readonly mm: MmStruct;
-  readonly start: number;
-  readonly end: number;
+  /** vm_start, vm_end: changed when the area is split, merged or grown. */
+  start: number;
+  end: number;
+  /**
+   * vm_pgoff in 4K pages: folio->index of the page at `start`. It counts
+   * from 0 at mmap (the kernel starts anonymous areas at addr >> PAGE_SHIFT;
+   * only differences matter here), and a piece split off or moved by mremap
+   * keeps its pages' indexes, so the rmap still finds them (vma_address).
+   */
+  pgoff: number;
   /** VM_WRITE; changed by mprotect. */
   writable: boolean;
   /** Page size of the folios backing the area (2M mapped as THP PMDs, 1G as PUD leaves). */
   readonly level: HostLevel;
-  /** The area's anon_vma: folio->mapping of its folios (an id in the FolioTable). */
+  /** The area's anon_vma: folio->mapping of its folios (an id in the FolioTable), shared by the pieces of one mmap. */
   readonly anonVma: number;
-  /** Data tokens: the last token written per page (0: zero-filled or discarded); null until the first write. */
+  /** Data tokens: the last token written per page of the area (0: zero-filled or discarded); null until the first write. */
   tokens: Uint32Array | null;
   /** vm_flags bits beyond VM_WRITE that reclaim reads (VM_LOCKED, VM_EXEC, VM_SEQ_READ, VM_RAND_READ); absent means none. */
   vmFlags?: number;
+}
+
+/**
+ * An anon_vma with its anon_vma_chain: every area whose folios it maps. No
+ * fork here, so the areas' pgoff ranges never overlap and a folio has at
+ * most one area (folioVma).
+ */
+export interface AnonVma {
+  readonly id: number;
+  readonly vmas: VmArea[];
+}
+
+/** An mm system call's failure: the errno it returns; nothing was changed. */
+export class MmError extends RangeError {
+  constructor(
+    readonly errno: 'EINVAL' | 'ENOMEM' | 'EFAULT',
+    message: string,
+  ) {
+    super(message);
+    this.name = 'MmError';
+  }
+}
+
+/** Pages (4K) in an area. */
+export function vmaPages(v: VmArea): number {
+  return (v.end - v.start) / PAGE_SIZE;
+}
+
+/** vma_address: where the page with folio->index `index` sits in the area. */
+export function vmaAddress(vma: VmArea, index: number): number {
+  return vma.start + (index - vma.pgoff) * PAGE_SIZE;
+}
+
+/**
+ * rmap_walk_anon for one folio: the area on its anon_vma whose pgoff range
+ * holds folio->index, or null (no anon_vma, or that part was unmapped).
+ */
+export function folioVma(folios: FolioTable, head: number): VmArea | null {
+  const i = folios.idx(head);
+  const av = folios.mappings[folios.mapping[i]] as AnonVma | null | undefined;
+  if (av === null || av === undefined) return null;
+  const index = folios.index[i];
+  for (const v of av.vmas) if (index >= v.pgoff && index < v.pgoff + vmaPages(v)) return v;
+  return null;
 }
 
 /** vm_flags bits (include/linux/mm.h values) that reference collection looks at. */
@@ -82,6 +142,15 @@ function levelBytes(level: HostLevel): number {
   return levelSpan(level);
 }
 
+function hex(n: number): string {
+  return `0x${n.toString(16)}`;
+}
+
+/** Where top-down get_unmapped_area starts (mm->mmap_base); the KVM model maps guest memory at and above it. */
+export const MMAP_BASE = 0x7f00_0000_0000;
+/** vm.mmap_min_addr's default: nothing is mapped below 64K. */
+export const MMAP_MIN_ADDR = 0x10000;
+
 export class MmStruct {
   readonly notifiers: MmuNotifierSubscriptions;
   readonly pt: HostPageTable;
@@ -110,7 +179,7 @@ export class MmStruct {
     this.folios = pages.folios;
   }
 
-  /** mmap(MAP_ANONYMOUS|MAP_PRIVATE) at a fixed, aligned address. */
+  /** mmap(MAP_ANONYMOUS|MAP_PRIVATE) at a fixed, aligned address: a new area with its own anon_vma. */
   mmap(start: number, length: number, opts: { writable?: boolean; level?: HostLevel } = {}): VmArea {
     const level = opts.level ?? 1;
     const align = levelBytes(level);
@@ -120,13 +189,14 @@ export class MmStruct {
     const end = start + length;
     if (end > TASK_SIZE) throw new RangeError(`mmap: 0x${end.toString(16)} is beyond TASK_SIZE`);
     if (this.vmas.some((v) => v.start < end && start < v.end)) throw new RangeError(`mmap: 0x${start.toString(16)}..0x${end.toString(16)} overlaps a mapping`);
-    const vma: VmArea = { mm: this, start, end, writable: opts.writable ?? true, level, anonVma: 0, tokens: null };
-    (vma as { anonVma: number }).anonVma = this.folios.registerMapping(vma);
-    this.vmas.push(vma);
+    const av: AnonVma = { id: 0, vmas: [] };
+    (av as { id: number }).id = this.folios.registerMapping(av);
+    const vma: VmArea = { mm: this, start, end, pgoff: 0, writable: opts.writable ?? true, level, anonVma: av.id, tokens: null };
+    this.insertVma(vma);
     return vma;
   }
 
-  /** The VMAs, for page-table walkers (MGLRU's walk_mm iterates them). */
+  /** The VMAs in address order (the maple tree's order), for page-table walkers (MGLRU's walk_mm iterates them). */
   get areas(): readonly VmArea[] {
     return this.vmas;
   }
@@ -134,6 +204,181 @@ export class MmStruct {
   findVma(hva: number): VmArea | null {
     for (const v of this.vmas) if (hva >= v.start && hva < v.end) return v;
     return null;
+  }
+
+  /** The areas overlapping [start, end), in address order (find_vma_intersection and its successors). */
+  vmasIn(start: number, end: number): VmArea[] {
+    return this.vmas.filter((v) => v.start < end && start < v.end);
+  }
+
+  // ------------------------------------------------------------ the VMA list (mm/vma.c)
+
+  private anonVmaOf(v: VmArea): AnonVma {
+    return this.folios.mappings[v.anonVma] as AnonVma;
+  }
+
+  /** Links an area into the list (kept sorted) and into its anon_vma's chain. */
+  private insertVma(v: VmArea): void {
+    let i = 0;
+    while (i < this.vmas.length && this.vmas[i].start < v.start) i++;
+    this.vmas.splice(i, 0, v);
+    this.anonVmaOf(v).vmas.push(v);
+  }
+
+  /** Unlinks an area from the list and from its anon_vma's chain. */
+  private removeVma(v: VmArea): void {
+    this.vmas.splice(this.vmas.indexOf(v), 1);
+    const chain = this.anonVmaOf(v).vmas;
+    chain.splice(chain.indexOf(v), 1);
+  }
+
+  /**
+   * Checks a syscall's start and length (PAGE_ALIGN'd as the kernel does):
+   * EINVAL for an unaligned start or a range beyond TASK_SIZE; returns the end.
+   */
+  checkRange(op: string, start: number, length: number): number {
+    if (start % PAGE_SIZE !== 0) throw new MmError('EINVAL', `${op}: EINVAL: start ${hex(start)} is not page aligned`);
+    const end = start + Math.ceil(length / PAGE_SIZE) * PAGE_SIZE;
+    if (length < 0 || end > TASK_SIZE) throw new MmError('EINVAL', `${op}: EINVAL: ${hex(start)}+${hex(length)} is beyond TASK_SIZE`);
+    return end;
+  }
+
+  /** The areas covering [start, end) with no hole, else ENOMEM (madvise's and mprotect's unmapped_error). */
+  requireMapped(op: string, start: number, end: number): VmArea[] {
+    const vmas = this.vmasIn(start, end);
+    let at = start;
+    for (const v of vmas) {
+      if (v.start > at) break;
+      at = v.end;
+    }
+    if (at < end) throw new MmError('ENOMEM', `${op}: ENOMEM: ${hex(Math.max(at, start))} in ${hex(start)}..${hex(end)} is not mapped`);
+    return vmas;
+  }
+
+  /** Whether __split_vma could cut at addr (it can: except inside a huge page, whose split is not modelled). */
+  private checkSplitAt(op: string, addr: number): void {
+    const v = this.findVma(addr);
+    if (v === null || v.start === addr) return;
+    if (addr % levelBytes(v.level) !== 0) {
+      throw new MmError('EINVAL', `${op}: EINVAL: ${hex(addr)} is inside a ${levelBytes(v.level) / 1024}K page of the area ${hex(v.start)}..${hex(v.end)} (splitting huge pages is not modelled)`);
+    }
+  }
+
+  /**
+   * __split_vma (new_below = 0): the area keeps [start, addr) and a new area
+   * takes [addr, end) with the same flags and anon_vma and the vm_pgoff of
+   * addr, so folios keep their index; the data tokens are split with it.
+   * Returns the new upper area. The caller checked addr (checkSplitAt).
+   */
+  splitVma(vma: VmArea, addr: number): VmArea {
+    if (addr <= vma.start || addr >= vma.end || addr % levelBytes(vma.level) !== 0) throw new Error(`assertion: splitting ${hex(vma.start)}..${hex(vma.end)} at ${hex(addr)}`);
+    const k = (addr - vma.start) / PAGE_SIZE;
+    const upper: VmArea = {
+      mm: this, start: addr, end: vma.end, pgoff: vma.pgoff + k, writable: vma.writable, level: vma.level, anonVma: vma.anonVma,
+      tokens: vma.tokens === null ? null : vma.tokens.slice(k),
+    };
+    if (vma.vmFlags !== undefined) upper.vmFlags = vma.vmFlags;
+    vma.tokens = vma.tokens === null ? null : vma.tokens.slice(0, k);
+    vma.end = addr;
+    this.insertVma(upper);
+    return upper;
+  }
+
+  /** is_mergeable_vma + is_mergeable_anon_vma + contiguous vm_pgoff: b may be folded into a, its left neighbour. */
+  private canMerge(a: VmArea, b: VmArea): boolean {
+    return a.end === b.start && a.writable === b.writable && (a.vmFlags ?? 0) === (b.vmFlags ?? 0) && a.level === b.level &&
+      a.anonVma === b.anonVma && a.pgoff + vmaPages(a) === b.pgoff;
+  }
+
+  /** a takes over b's range and tokens (vma_expand + the removal of b). */
+  private absorb(a: VmArea, b: VmArea): void {
+    if (a.tokens !== null || b.tokens !== null) {
+      const t = new Uint32Array(vmaPages(a) + vmaPages(b));
+      if (a.tokens !== null) t.set(a.tokens);
+      if (b.tokens !== null) t.set(b.tokens, vmaPages(a));
+      a.tokens = t;
+    }
+    a.end = b.end;
+    this.removeVma(b);
+  }
+
+  /**
+   * vma_merge (vma_merge_existing_range / vma_merge_new_range): the area is
+   * folded into its left neighbour, and its right neighbour into it, where
+   * canMerge allows. Returns the area that now holds its range.
+   */
+  mergeVma(vma: VmArea): VmArea {
+    const i = this.vmas.indexOf(vma);
+    const prev = i > 0 ? this.vmas[i - 1] : null;
+    if (prev !== null && this.canMerge(prev, vma)) {
+      this.absorb(prev, vma);
+      vma = prev;
+    }
+    const next = this.vmas[this.vmas.indexOf(vma) + 1];
+    if (next !== undefined && this.canMerge(vma, next)) this.absorb(vma, next);
+    return vma;
+  }
+
+  /** Splits areas so that no area crosses start or end (the caller checked both with checkSplitAt). */
+  private splitAround(start: number, end: number): void {
+    for (const addr of [start, end]) {
+      const v = this.findVma(addr);
+      if (v !== null && v.start !== addr) this.splitVma(v, addr);
+    }
+  }
+
+  /**
+   * vma_expand for mremap growing in place: the area ends at newEnd now
+   * (the caller checked that nothing is mapped there), then merges with its
+   * right neighbour if it can.
+   */
+  expandVma(vma: VmArea, newEnd: number): VmArea {
+    if (vma.tokens !== null) {
+      const t = new Uint32Array((newEnd - vma.start) / PAGE_SIZE);
+      t.set(vma.tokens);
+      vma.tokens = t;
+    }
+    vma.end = newEnd;
+    return this.mergeVma(vma);
+  }
+
+  /**
+   * copy_vma for mremap's move: a new area [newStart, newStart+length) with
+   * vma's flags and anon_vma and vm_pgoff `pgoff` (the moved pages keep
+   * folio->index), merged with a neighbour at the new place where it can
+   * (vma_merge_new_range). The data tokens of the moved pages go along;
+   * pages beyond what moves read as zeroes. The caller checked that the
+   * new range is free.
+   */
+  copyVma(vma: VmArea, oldStart: number, moveLength: number, newStart: number, length: number): VmArea {
+    const neu: VmArea = { mm: this, start: newStart, end: newStart + length, pgoff: vma.pgoff + (oldStart - vma.start) / PAGE_SIZE, writable: vma.writable, level: vma.level, anonVma: vma.anonVma, tokens: null };
+    if (vma.vmFlags !== undefined) neu.vmFlags = vma.vmFlags;
+    if (vma.tokens !== null) {
+      const from = (oldStart - vma.start) / PAGE_SIZE;
+      neu.tokens = new Uint32Array(length / PAGE_SIZE);
+      neu.tokens.set(vma.tokens.subarray(from, from + moveLength / PAGE_SIZE));
+    }
+    this.insertVma(neu);
+    return this.mergeVma(neu);
+  }
+
+  /**
+   * get_unmapped_area, top down (arch_get_unmapped_area_topdown): the
+   * highest free range of `length` bytes, aligned to `align`, below
+   * MMAP_BASE and at or above mmap_min_addr; -1 when none.
+   */
+  getUnmappedArea(length: number, align: number): number {
+    let hi = MMAP_BASE;
+    for (let i = this.vmas.length - 1; i >= -1; i--) {
+      const v = i >= 0 ? this.vmas[i] : null;
+      if (v !== null && v.start >= hi) continue; // above the search
+      const lo = Math.max(v === null ? 0 : v.end, MMAP_MIN_ADDR);
+      const at = Math.floor((hi - length) / align) * align;
+      if (at >= lo) return at;
+      if (v === null) break;
+      hi = v.start;
+    }
+    return -1;
   }
 
   // ------------------------------------------------------------ faults and lookups
@@ -282,7 +527,7 @@ export class MmStruct {
     // folio_add_new_anon_rmap: exclusive anon, mapped once, the allocation's reference is the mapping's.
     f.flags[i] |= PG_anon | PG_swapbacked | PG_uptodate;
     f.mapping[i] = vma.anonVma;
-    f.index[i] = (addr - vma.start) / PAGE_SIZE;
+    f.index[i] = vma.pgoff + (addr - vma.start) / PAGE_SIZE;
     f.mapcount[i] = 1;
     if (this.lruAddNew !== null) this.lruAddNew(pfn, vma, addr);
     else f.lruAdd(pfn, LruList.InactiveAnon); // folio_add_lru_vma: new anon folios start inactive
@@ -304,22 +549,39 @@ export class MmStruct {
 
   // ------------------------------------------------------------ zapping
 
-  /** madvise(MADV_DONTNEED): drop the pages of [start, start+length); event CLEAR. */
+  /**
+   * madvise(MADV_DONTNEED) (madvise_walk_vmas -> madvise_dontneed_single_vma):
+   * per area met, one CLEAR pair over the part of [start, start+length)
+   * inside it, its pages dropped. The areas stay as they are (no split).
+   * EINVAL for an unaligned start; ENOMEM when part of the range is not
+   * mapped (the kernel then still zaps the mapped parts; here nothing
+   * changes).
+   */
   *madviseDontneed(start: number, length: number): Program<void> {
-    yield* this.zapRange(start, start + length, MmuNotifierEvent.Clear);
+    const end = this.checkRange('madvise', start, length);
+    if (end === start) return;
+    const vmas = this.requireMapped('madvise', start, end);
+    for (const v of vmas) this.checkZap('madvise', Math.max(start, v.start), Math.min(end, v.end));
+    for (const v of vmas) yield* this.zapRange(Math.max(start, v.start), Math.min(end, v.end), MmuNotifierEvent.Clear);
   }
 
-  /** munmap: drop the pages, the areas, and the page tables only they used; event UNMAP. */
+  /**
+   * munmap (do_vmi_munmap): the areas crossing start or end are split
+   * (__split_vma), then one UNMAP pair over the whole range drops the pages
+   * (unmap_vmas), the areas inside go, and the page tables only they used
+   * are freed (free_pgtables). Holes are fine; a range with nothing mapped
+   * does nothing. EINVAL for an unaligned start, a zero length or a range
+   * beyond TASK_SIZE.
+   */
   *munmap(start: number, length: number): Program<void> {
-    const end = start + length;
-    for (const v of this.vmas) {
-      if (v.start < end && start < v.end && (v.start < start || v.end > end)) throw new RangeError('munmap: splitting an area is not modelled yet');
-    }
+    const end = this.checkRange('munmap', start, length);
+    if (end === start) throw new MmError('EINVAL', `munmap: EINVAL: length 0`);
+    if (this.vmasIn(start, end).length === 0) return;
+    this.checkSplitAt('munmap', start);
+    this.checkSplitAt('munmap', end);
+    this.splitAround(start, end);
     yield* this.zapRange(start, end, MmuNotifierEvent.Unmap);
-    for (let i = this.vmas.length - 1; i >= 0; i--) {
-      const v = this.vmas[i];
-      if (v.start >= start && v.end <= end) this.vmas.splice(i, 1);
-    }
+    for (const v of this.vmasIn(start, end)) this.removeVma(v);
     // free_pgtables: tables between the neighbouring areas go.
     let floor = 0;
     let ceiling = TASK_SIZE;
@@ -330,8 +592,14 @@ export class MmStruct {
     this.pt.freeRange(start, end, floor, ceiling);
   }
 
+  /** A zap of [start, end) within one area must not cut a huge page (splitting them is not modelled). */
+  private checkZap(op: string, start: number, end: number): void {
+    const v = this.findVma(start)!;
+    const b = levelBytes(v.level);
+    if (start % b !== 0 || end % b !== 0) throw new MmError('EINVAL', `${op}: EINVAL: ${hex(start)}..${hex(end)} cuts a ${b / 1024}K page (splitting huge pages is not modelled)`);
+  }
+
   private *zapRange(start: number, end: number, event: MmuNotifierEvent): Program<void> {
-    if (start % PAGE_SIZE !== 0 || end % PAGE_SIZE !== 0 || end <= start) throw new RangeError(`zap: 0x${start.toString(16)}..0x${end.toString(16)} not page aligned`);
     yield* this.zapPtes(mmuNotifierRangeInit(event, MMU_NOTIFIER_RANGE_BLOCKABLE, start, end));
   }
 
@@ -383,24 +651,6 @@ export class MmStruct {
     this.putFolio(head);
   }
 
-  /**
-   * copy_vma for mremap's move (src/mm/mremap.ts): a new area at newStart
-   * with the old one's size, flags and anon_vma (folio->index is kept, as
-   * vm_pgoff is), which becomes the anon_vma's owner. The old area stays
-   * until the caller unmaps it.
-   */
-  copyVmaTo(vma: VmArea, newStart: number): VmArea {
-    const len = vma.end - vma.start;
-    const end = newStart + len;
-    if (this.vmas.some((v) => v.start < end && newStart < v.end)) throw new RangeError(`mremap: 0x${newStart.toString(16)}..0x${end.toString(16)} overlaps a mapping`);
-    const neu: VmArea = { mm: this, start: newStart, end, writable: vma.writable, level: vma.level, anonVma: vma.anonVma, tokens: vma.tokens };
-    if (vma.vmFlags !== undefined) neu.vmFlags = vma.vmFlags;
-    vma.tokens = null;
-    this.folios.mappings[vma.anonVma] = neu;
-    this.vmas.push(neu);
-    return neu;
-  }
-
   /** folio_put: the last reference takes the folio off the LRU and frees its frames. */
   private putFolio(head: number): void {
     const f = this.folios;
@@ -419,40 +669,54 @@ export class MmStruct {
     yield* this.notifiers.release();
     if (this.vmas.length === 0) return;
     yield* this.zapPtes(mmuNotifierRangeInit(MmuNotifierEvent.Unmap, MMU_NOTIFIER_RANGE_BLOCKABLE, 0, ULONG_MAX));
-    this.vmas.length = 0;
+    for (const v of [...this.vmas]) this.removeVma(v);
     this.pt.freeRange(0, TASK_SIZE, 0, TASK_SIZE);
   }
 
   // ------------------------------------------------------------ protection and aging
 
   /**
-   * mprotect of whole areas (change_protection): per area, one
-   * PROTECTION_VMA pair, started lazily at the first non-none PUD entry
-   * (change_pud_range) and running to the end of the area; none when the
-   * area has no page tables. Leaves keep A/D (pte_modify); making an area
+   * mprotect (do_mprotect_pkey -> mprotect_fixup -> change_protection): per
+   * area met, in address order, an area whose VM_WRITE changes is cut to
+   * the range (vma_modify_flags: __split_vma) and may merge with a
+   * neighbour of the same flags (vma_merge_existing_range); then one
+   * PROTECTION_VMA pair over that piece, started lazily at the first
+   * non-none PUD entry (change_pud_range) and running to the piece's end;
+   * none when the piece has no page tables. An area already so is left
+   * alone (no event). Leaves keep A/D (pte_modify); making an area
    * writable makes its exclusive anon PTEs writable again
-   * (can_change_pte_writable).
+   * (can_change_pte_writable). EINVAL for an unaligned start, ENOMEM when
+   * part of the range is not mapped (the kernel then keeps the areas it
+   * changed before the hole; here nothing changes).
    */
   *mprotect(start: number, length: number, prot: { writable: boolean }): Program<void> {
-    const end = start + length;
-    if (start % PAGE_SIZE !== 0 || length % PAGE_SIZE !== 0 || length <= 0) throw new RangeError(`mprotect: 0x${start.toString(16)}+0x${length.toString(16)} not page aligned`);
-    const vmas = this.vmas.filter((v) => v.start < end && start < v.end).sort((a, b) => a.start - b.start);
+    const end = this.checkRange('mprotect', start, length);
+    if (end === start) return;
+    const pieces = this.requireMapped('mprotect', start, end)
+      .filter((v) => v.writable !== prot.writable)
+      .map((v) => [Math.max(start, v.start), Math.min(end, v.end)]);
+    for (const [s, e] of pieces) {
+      this.checkSplitAt('mprotect', s);
+      this.checkSplitAt('mprotect', e);
+    }
     const mem = this.mem;
     const visit: LeafVisitor = (e, _level, _addr, lo) => {
       if ((lo & _PAGE_PRESENT) === 0) return;
       if (prot.writable) mem.or64(e, _PAGE_RW, 0);
       else mem.and64(e, ~_PAGE_RW, -1);
     };
-    for (const vma of vmas) {
-      if (vma.start < start || vma.end > end) throw new RangeError('mprotect: splitting an area is not modelled yet');
+    for (const [s, e] of pieces) {
+      this.splitAround(s, e);
+      const vma = this.findVma(s)!;
       vma.writable = prot.writable;
-      const from = this.firstPud(vma.start, vma.end);
+      this.mergeVma(vma);
+      const from = this.firstPud(s, e);
       if (from < 0) continue;
-      const range = mmuNotifierRangeInit(MmuNotifierEvent.ProtectionVma, MMU_NOTIFIER_RANGE_BLOCKABLE, from, vma.end);
+      const range = mmuNotifierRangeInit(MmuNotifierEvent.ProtectionVma, MMU_NOTIFIER_RANGE_BLOCKABLE, from, e);
       yield* this.notifiers.invalidateRangeStart(range);
-      for (let a = from; a < vma.end;) {
+      for (let a = from; a < e;) {
         if (mem.yields) yield;
-        a = this.pt.scan(a, vma.end, visit);
+        a = this.pt.scan(a, e, visit);
       }
       this.cpu.flushAll();
       yield* this.notifiers.invalidateRangeEnd(range);
@@ -528,9 +792,9 @@ export class MmStruct {
     const f = this.folios;
     const pfn = Math.floor(hpa / PAGE_SIZE);
     const head = f.folioOf(pfn);
-    const vma = f.mappings[f.mapping[f.idx(head)]] as VmArea | null;
-    if (vma === null || vma === undefined || vma.mm !== this) throw new Error(`assertion: frame 0x${pfn.toString(16)} is not mapped by this mm`);
-    const page = f.index[f.idx(head)] + (pfn - head);
+    const vma = folioVma(f, head);
+    if (vma === null || vma.mm !== this) throw new Error(`assertion: frame 0x${pfn.toString(16)} is not mapped by this mm`);
+    const page = f.index[f.idx(head)] - vma.pgoff + (pfn - head);
     const token = (f.tokenSeq = (f.tokenSeq + 1) >>> 0 || 1);
     f.token[f.idx(pfn)] = token;
     // New data makes the folio dirty: KVM marks a folio it maps writable dirty (kvm_release_faultin_page,

@@ -17,7 +17,7 @@
  */
 import type { PageAllocator } from './page_alloc.js';
 import { PG_anon, PG_idle, PG_locked, PG_lru, PG_tail, PG_young, type FolioTable } from './folio.js';
-import { PAGE_SIZE, type MmStruct, type VmArea } from './mm.js';
+import { PAGE_SIZE, folioVma, vmaAddress, type MmStruct, type VmArea } from './mm.js';
 import { EINVAL, type Program } from './mmu_notifier.js';
 import { PMD_SIZE, _PAGE_ACCESSED, entryAddr } from './pgtable.js';
 
@@ -118,12 +118,10 @@ export class PageIdle {
     }
   }
 
-  /** rmap_walk_anon's VMA list: the anon_vma's VMA while its mm still has it (no fork, one VMA per anon_vma). */
+  /** rmap_walk_anon's VMA list: the area of the folio's anon_vma covering its index (no fork: at most one). */
   private vmasOf(head: number): VmArea[] {
-    const f = this.folios;
-    const owner = f.mappings[f.mapping[f.idx(head)]] as VmArea | null | undefined;
-    if (owner === null || owner === undefined || owner.mm.findVma(owner.start) !== owner) return [];
-    return [owner];
+    const v = folioVma(this.folios, head);
+    return v === null ? [] : [v];
   }
 
   /**
@@ -136,7 +134,7 @@ export class PageIdle {
   private *clearPteRefsOne(vma: VmArea, head: number): Program<void> {
     const f = this.folios;
     const mm = vma.mm;
-    const addr = vma.start + f.index[f.idx(head)] * PAGE_SIZE;
+    const addr = vmaAddress(vma, f.index[f.idx(head)]);
     if (addr >= vma.end) return;
     const pt = mm.pt;
     pt.walk(addr);

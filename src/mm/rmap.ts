@@ -9,7 +9,7 @@
  * mapping PTE with a swap entry inside a CLEAR invalidation (mm.md 6).
  */
 import { PG_dirty, PG_idle, PG_young, PG_swapcache, type FolioTable } from './folio.js';
-import { PAGE_SIZE, VM_LOCKED, VM_RAND_READ, VM_SEQ_READ, type VmArea } from './mm.js';
+import { PAGE_SIZE, VM_LOCKED, VM_RAND_READ, VM_SEQ_READ, folioVma, vmaAddress, type VmArea } from './mm.js';
 import { MMU_NOTIFIER_RANGE_BLOCKABLE, MmuNotifierEvent, mmuNotifierRangeInit, type Program } from './mmu_notifier.js';
 import {
   _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_SOFT_DIRTY, _PAGE_SWP_EXCLUSIVE, _PAGE_SWP_SOFT_DIRTY, entryAddr, levelSpan, swpEntryHi, swpEntryLo,
@@ -44,17 +44,15 @@ export class HostRmap {
     readonly swap: SwapDevice | null,
   ) {}
 
-  /** rmap_walk_anon's VMA list for a folio: the anon_vma's VMA, if its mm still has it. */
+  /** rmap_walk_anon's VMA list for a folio: the area of its anon_vma covering folio->index, if any. */
   vmasOf(head: number): VmArea[] {
-    const f = this.folios;
-    const owner = f.mappings[f.mapping[f.idx(head)]] as VmArea | null | undefined;
-    if (owner === null || owner === undefined || owner.mm.findVma(owner.start) !== owner) return [];
-    return [owner];
+    const v = folioVma(this.folios, head);
+    return v === null ? [] : [v];
   }
 
   /** Address of the folio in a VMA (vma_address). */
   addressIn(vma: VmArea, head: number): number {
-    return vma.start + this.folios.index[this.folios.idx(head)] * PAGE_SIZE;
+    return vmaAddress(vma, this.folios.index[this.folios.idx(head)]);
   }
 
   /** Whether the entry at hva in vma's mm maps the folio (page_vma_mapped_walk's check). */

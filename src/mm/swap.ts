@@ -228,7 +228,7 @@ export class SwapDevice implements SwapHooks {
       const i = f.idx(head);
       f.flags[i] |= PG_anon | PG_swapbacked | PG_uptodate;
       f.mapping[i] = vma.anonVma;
-      f.index[i] = (Math.floor(hva / PAGE_SIZE) * PAGE_SIZE - vma.start) / PAGE_SIZE;
+      f.index[i] = vma.pgoff + (Math.floor(hva / PAGE_SIZE) * PAGE_SIZE - vma.start) / PAGE_SIZE;
       f.token[i] = this.tokens[slot];
       this.stats.pswpin++;
       // add_to_swap_cache: the cache takes a reference; a shadow found there is the refault's.

@@ -218,9 +218,9 @@ export const VERBS: Record<string, VerbSpec> = {
   clear_flush_young: { keys: { gpa: u64, size }, required: ['gpa'], scope: 'vm' },
   /** mmu_notifier_test_young at the page of gpa. */
   test_young: { keys: { gpa: u64 }, required: ['gpa'], scope: 'vm' },
-  /** madvise(MADV_DONTNEED) on the guest memory's hva range: invalidate_range_start/end. */
+  /** madvise(MADV_DONTNEED) on any host-page aligned part of guest memory's hvas: a CLEAR pair per area. */
   madvise_dontneed: { keys: { gpa: u64, size }, required: ['gpa', 'size'], scope: 'vm' },
-  /** munmap of whole memslots' memory (the memslots stay). */
+  /** munmap of any host-page aligned part of guest memory's hvas (the memslots stay): areas split, one UNMAP pair. */
   munmap: { keys: { gpa: u64, size }, required: ['gpa', 'size'], scope: 'vm' },
   /** Dirty logging: turn it on for a slot (write-protect), or KVM_GET_DIRTY_LOG (harvest and re-protect). */
   dirty_log: { keys: { slot }, words: [['enable', 'get']], requiredWords: [0], scope: 'vm' },
@@ -230,10 +230,13 @@ export const VERBS: Record<string, VerbSpec> = {
   reclaim: { keys: { pages: { t: 'int', min: 1, max: 0xffffffff }, priority: { t: 'int', min: 0, max: 12 } }, scope: 'vm' },
   /** An MGLRU aging pass (try_to_inc_max_seq with force_scan): lru=mglru only. */
   lru_age: { keys: {}, scope: 'vm' },
-  /** mprotect of whole memslots' memory: PROTECTION_VMA invalidation. */
+  /** mprotect of any host-page aligned part of guest memory: areas split and merged, a PROTECTION_VMA pair per area changed. */
   mprotect: { keys: { gpa: u64, size }, required: ['gpa', 'size'], words: [['ro', 'rw']], requiredWords: [0], scope: 'vm' },
-  /** mremap(MREMAP_MAYMOVE|MREMAP_FIXED) of a whole memslot's memory to hva `to` (UNMAP twice; the memslot keeps the old hva). */
-  mremap: { keys: { gpa: u64, size, to: u64 }, required: ['gpa', 'size', 'to'], scope: 'vm' },
+  /**
+   * mremap of part of an area of guest memory (gpa=), or of one moved away before (hva=): shrink, grow in place, move with `maymove` (MREMAP_MAYMOVE) or to hva `to`
+   * (MREMAP_MAYMOVE|MREMAP_FIXED). A move is two UNMAP pairs over the old range; the memslot keeps the old hva.
+   */
+  mremap: { keys: { gpa: u64, hva: u64, size, new_size: size, to: u64 }, required: ['size'], words: [['maymove']], scope: 'vm' },
   /** madvise(MADV_FREE) on guest memory: CLEAR; PTEs old and clean, folios lazyfree (classic LRU, 4K host pages). */
   madvise_free: { keys: { gpa: u64, size }, required: ['gpa', 'size'], scope: 'vm' },
   /** migrate_pages of the folio backing the guest page at gpa: CLEAR, migration entry, new frame (classic LRU, 4K host pages). */

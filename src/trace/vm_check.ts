@@ -7,7 +7,12 @@
  * that passes here runs without input errors.
  */
 import type Long from 'long';
+import { PhysMem } from '../hw/phys_mem.js';
+import { runProgram } from '../hw/sched.js';
 import type { VmOptions } from '../kvm/vm.js';
+import { MmError, MmStruct } from '../mm/mm.js';
+import { mremap } from '../mm/mremap.js';
+import { PageAllocator } from '../mm/page_alloc.js';
 import { TraceError, type Command, type Trace } from './ast.js';
 import { canonical4, GuestMapError, GuestTables, pageLevelBytes, type LeafBits } from './guest_tables.js';
 import { MM_VERBS, MM_VM_KEYS, SPTE_BITS_EPT, SPTE_BITS_NPT } from './verbs.js';
@@ -28,8 +33,6 @@ export interface SlotPlan {
   size: number;
   readonly: boolean;
   dirtyLog: boolean;
-  /** Line of the munmap that took its memory, or 0. */
-  unmappedAt: number;
 }
 
 /** The `vm` line as Kvm options. */
@@ -81,8 +84,14 @@ class VmChecker {
   private readonly physLimit: number;
   private readonly guest: GuestTables | null = null;
   private readonly mglru: boolean;
-  /** Areas moved by mremap (their new hvas), for overlap checks. */
-  private readonly moved: { to: number; size: number; line: number }[] = [];
+  /**
+   * The VMM's address space as the trace changes it: a shadow mm that runs
+   * every munmap, mprotect, madvise and mremap with no page ever touched, so
+   * the VMA list, and what each call refuses, is what the run will see.
+   */
+  private readonly shadow: MmStruct;
+  /** hva ranges taken away (munmap, the old range of a move or shrink, an MREMAP_FIXED target), latest last, for messages. */
+  private readonly gone: { start: number; end: number; line: number }[] = [];
 
   constructor(readonly t: Trace) {
     const c = t.commands[0];
@@ -106,8 +115,11 @@ class VmChecker {
       const m = t.commands.find((x) => MM_VERBS.includes(x.verb));
       if (m !== undefined) this.fail(m, null, `${m.verb}: needs host_page=4k (the host-mm layer reclaims 4K folios only)`);
     }
+    const mem = new PhysMem(40);
+    this.shadow = new MmStruct(mem, new PageAllocator(mem, 0x100_0000, 0x100_0000));
     if (o.memory > 0) {
-      this.slots.push({ id: 0, gpa: 0, size: o.memory, readonly: false, dirtyLog: false, unmappedAt: 0 });
+      this.slots.push({ id: 0, gpa: 0, size: o.memory, readonly: false, dirtyLog: false });
+      this.shadow.mmap(GUEST_MEMORY_HVA, o.memory, { level: o.hostLevel });
       this.guest = new GuestTables(o.memory, 0, (gpa) => this.tableWrite(gpa));
     }
   }
@@ -123,8 +135,38 @@ class VmChecker {
   }
 
   private tableWrite(gpa: number): void {
-    const s = this.slotAt(gpa);
-    if (s !== undefined && s.unmappedAt !== 0) throw new GuestMapError(`the guest page-table entry at gpa ${hex(gpa)} is in memory unmapped at line ${s.unmappedAt}`);
+    const u = this.unmapped(gpa, 4096);
+    if (u !== null) throw new GuestMapError(`the guest page-table entry at gpa ${hex(gpa)} is in memory ${u.why}`);
+  }
+
+  /** null when all of [gpa, gpa+size) is mapped in the VMM; else the first gpa that is not and why ("unmapped at line N" or "not mapped"). */
+  private unmapped(gpa: number, size: number): { gpa: number; why: string } | null {
+    for (let a = GUEST_MEMORY_HVA + gpa; a < GUEST_MEMORY_HVA + gpa + size;) {
+      const v = this.shadow.findVma(a);
+      if (v !== null) {
+        a = v.end;
+        continue;
+      }
+      for (let i = this.gone.length - 1; i >= 0; i--) {
+        const g = this.gone[i];
+        if (a >= g.start && a < g.end) return { gpa: a - GUEST_MEMORY_HVA, why: `unmapped at line ${g.line}` };
+      }
+      return { gpa: a - GUEST_MEMORY_HVA, why: 'not mapped' };
+    }
+    return null;
+  }
+
+  /** Runs an mm call on the shadow mm; what it refuses is this line's error. */
+  private shadowRun(c: Command, key: string | ((message: string) => string), call: () => void): void {
+    try {
+      call();
+    } catch (e) {
+      if (e instanceof MmError || e instanceof RangeError) {
+        const m = e.message.slice(e.message.indexOf(': ') + 2);
+        this.fail(c, typeof key === 'string' ? key : key(m), `${c.verb}: ${m}`);
+      }
+      throw e;
+    }
   }
 
   run(): void {
@@ -150,6 +192,7 @@ class VmChecker {
         return this.range(c, num(c, 'gpa')!, 1, 1);
       case 'madvise_dontneed':
       case 'munmap':
+      case 'mprotect':
         return this.hostRange(c);
       case 'dirty_log': {
         const s = this.slot(c);
@@ -157,26 +200,8 @@ class VmChecker {
         else if (!s.dirtyLog) this.fail(c, 'slot', `dirty_log get: memslot ${s.id} does not log dirty pages (no 'dirty_log enable' for it before)`);
         return;
       }
-      case 'mprotect': {
-        this.hostRange(c);
-        const s = this.slotAt(num(c, 'gpa')!)!;
-        if (num(c, 'gpa') !== s.gpa || num(c, 'size') !== s.size) this.fail(c, 'gpa', `mprotect: changes whole memslots only: memslot ${s.id} is gpa ${hex(s.gpa)}, size ${hex(s.size)}`);
-        return;
-      }
-      case 'mremap': {
-        this.hostRange(c);
-        const s = this.slotAt(num(c, 'gpa')!)!;
-        if (num(c, 'gpa') !== s.gpa || num(c, 'size') !== s.size) this.fail(c, 'gpa', `mremap: moves whole memslots only: memslot ${s.id} is gpa ${hex(s.gpa)}, size ${hex(s.size)}`);
-        const to = num(c, 'to')!;
-        const size = s.size;
-        if (to % this.hostBytes !== 0) this.fail(c, 'to', `mremap: to ${hex(to)} is not aligned to the ${SIZE[this.opts.hostLevel]} host page`);
-        if (to < 2 ** 32 || to + size > GUEST_MEMORY_HVA) this.fail(c, 'to', `mremap: to ${hex(to)}+${hex(size)} must lie in [0x100000000, ${hex(GUEST_MEMORY_HVA)}) (below guest memory's hvas)`);
-        const clash = this.moved.find((m) => to < m.to + m.size && m.to < to + size);
-        if (clash !== undefined) this.fail(c, 'to', `mremap: to ${hex(to)}+${hex(size)} overlaps the area moved at line ${clash.line}`);
-        this.moved.push({ to, size, line: c.line });
-        s.unmappedAt = c.line;
-        return;
-      }
+      case 'mremap':
+        return this.mremap(c);
       case 'madvise_free':
       case 'migrate': {
         if (this.mglru) this.fail(c, null, `${c.verb}: not modelled with lru=mglru (lazyfree and migrated folios on MGLRU lists); use the classic LRU`);
@@ -186,7 +211,8 @@ class VmChecker {
         if (gpa % 4096 !== 0) this.fail(c, 'gpa', `migrate: gpa ${hex(gpa)} is not 4K aligned`);
         const s = this.slotAt(gpa);
         if (s === undefined) this.fail(c, 'gpa', `migrate: gpa ${hex(gpa)} is not in a memslot`);
-        if (s.unmappedAt !== 0) this.fail(c, 'gpa', `migrate: memslot ${s.id}'s memory was unmapped at line ${s.unmappedAt}`);
+        const u = this.unmapped(gpa, 4096);
+        if (u !== null) this.fail(c, 'gpa', `migrate: gpa ${hex(gpa)} is ${u.why}`);
         return;
       }
       case 'lru_age':
@@ -273,7 +299,10 @@ class VmChecker {
     if (gpa + size > this.physLimit) this.fail(c, 'size', `memslot: gpa range ends beyond ${hex(this.physLimit)}`);
     const clash = this.slots.find((s) => gpa < s.gpa + s.size && s.gpa < gpa + size);
     if (clash !== undefined) this.fail(c, 'gpa', `memslot: gpa range overlaps memslot ${clash.id} (gpa ${hex(clash.gpa)}, size ${hex(clash.size)})`);
-    this.slots.push({ id, gpa, size, readonly: c.words.has('readonly'), dirtyLog: false, unmappedAt: 0 });
+    const hva = GUEST_MEMORY_HVA + gpa;
+    if (this.shadow.vmasIn(hva, hva + size).length > 0) this.fail(c, 'gpa', `memslot: its memory at hva ${hex(hva)}+${hex(size)} would overlap an area of the VMM (an mremap moved or grew one there)`);
+    this.shadow.mmap(hva, size, { level: this.opts.hostLevel });
+    this.slots.push({ id, gpa, size, readonly: c.words.has('readonly'), dirtyLog: false });
   }
 
   private slot(c: Command): SlotPlan {
@@ -290,20 +319,64 @@ class VmChecker {
     if (gpa + size > this.physLimit) this.fail(c, 'gpa', `${c.verb}: gpa range ends beyond ${hex(this.physLimit)}`);
   }
 
-  /** madvise_dontneed / munmap: host-page aligned, inside one memslot whose memory is still mapped. */
+  /**
+   * munmap, mprotect, madvise_dontneed, madvise_free of any host-page
+   * aligned gpa range: run on the shadow mm. madvise and mprotect need all
+   * of it mapped (ENOMEM); munmap takes holes.
+   */
   private hostRange(c: Command): void {
     const gpa = num(c, 'gpa')!;
     const size = num(c, 'size')!;
     const host = SIZE[this.opts.hostLevel];
     if (gpa % this.hostBytes !== 0) this.fail(c, 'gpa', `${c.verb}: gpa ${hex(gpa)} is not aligned to the ${host} host page`);
     if (size === 0 || size % this.hostBytes !== 0) this.fail(c, 'size', `${c.verb}: size ${hex(size)} is not a non-zero multiple of the ${host} host page`);
-    const s = this.slotAt(gpa);
-    if (s === undefined || gpa + size > s.gpa + s.size) this.fail(c, 'gpa', `${c.verb}: gpa range ${hex(gpa)}+${hex(size)} is not inside one memslot`);
-    if (s.unmappedAt !== 0) this.fail(c, 'gpa', `${c.verb}: memslot ${s.id}'s memory was unmapped at line ${s.unmappedAt}`);
+    if (gpa + size > GPA_LIMIT) this.fail(c, 'size', `${c.verb}: gpa range ends beyond ${hex(GPA_LIMIT)}`);
+    const hva = GUEST_MEMORY_HVA + gpa;
+    const mm = this.shadow;
     if (c.verb === 'munmap') {
-      if (gpa !== s.gpa || size !== s.size) this.fail(c, 'gpa', `munmap: unmaps whole memslots only: memslot ${s.id} is gpa ${hex(s.gpa)}, size ${hex(s.size)}`);
-      s.unmappedAt = c.line;
+      this.shadowRun(c, 'gpa', () => runProgram(mm.munmap(hva, size)));
+      this.gone.push({ start: hva, end: hva + size, line: c.line });
+      return;
     }
+    const u = this.unmapped(gpa, size);
+    if (u !== null) this.fail(c, 'gpa', `${c.verb}: ENOMEM: gpa ${hex(u.gpa)} of the range ${hex(gpa)}+${hex(size)} is ${u.why}`);
+    if (c.verb === 'mprotect') this.shadowRun(c, 'gpa', () => runProgram(mm.mprotect(hva, size, { writable: c.words.has('rw') })));
+    else this.shadowRun(c, 'gpa', () => runProgram(mm.madviseDontneed(hva, size))); // MADV_FREE's checks are the same, and neither changes the areas
+  }
+
+  /**
+   * mremap gpa=|hva= size= [new_size=] [to=] [maymove]: host-page aligned; then
+   * the shadow mm does what the run will (shrink, grow in place, move) or
+   * refuses it with the syscall's errno.
+   */
+  private mremap(c: Command): void {
+    const hvaArg = num(c, 'hva');
+    if ((hvaArg === undefined) === !c.args.has('gpa')) this.fail(c, null, `mremap: give the old address as gpa= (guest memory) or hva= (an area moved away before), one of them`);
+    const gpa = hvaArg === undefined ? num(c, 'gpa')! : hvaArg - GUEST_MEMORY_HVA;
+    const at = hvaArg === undefined ? 'gpa' : 'hva';
+    const size = num(c, 'size')!;
+    const newSize = num(c, 'new_size') ?? size;
+    const to = num(c, 'to');
+    const host = SIZE[this.opts.hostLevel];
+    if (gpa % this.hostBytes !== 0) this.fail(c, at, `mremap: ${at} ${hex(hvaArg ?? gpa)} is not aligned to the ${host} host page`);
+    if (size === 0 || size % this.hostBytes !== 0) this.fail(c, 'size', `mremap: size ${hex(size)} is not a non-zero multiple of the ${host} host page`);
+    if (newSize === 0 || newSize % this.hostBytes !== 0) this.fail(c, 'new_size', `mremap: new_size ${hex(newSize)} is not a non-zero multiple of the ${host} host page`);
+    if (gpa + size > GPA_LIMIT) this.fail(c, 'size', `mremap: range ends beyond TASK_SIZE`);
+    if (to !== undefined && to < 0x10000) this.fail(c, 'to', `mremap: to ${hex(to)} is below mmap_min_addr (0x10000)`);
+    const hva = GUEST_MEMORY_HVA + gpa;
+    if (hvaArg === undefined) {
+      const u = this.unmapped(gpa, this.hostBytes);
+      if (u !== null) this.fail(c, 'gpa', `mremap: EFAULT: gpa ${hex(gpa)} is ${u.why}`);
+    }
+    // The column points at what is wrong: the target for its own errors, else the old range.
+    const key = (m: string): string => (to !== undefined && /new (range|address)|TASK_SIZE/.test(m) ? 'to' : /cannot grow/.test(m) && c.args.has('new_size') ? 'new_size' : at);
+    let res = { addr: hva, kind: 'none' };
+    this.shadowRun(c, key, () => {
+      res = runProgram(mremap(this.shadow, hva, size, newSize, { maymove: c.words.has('maymove'), ...(to !== undefined ? { fixed: to } : {}) }));
+    });
+    if (to !== undefined) this.gone.push({ start: to, end: to + newSize, line: c.line });
+    if (res.kind === 'move') this.gone.push({ start: hva, end: hva + size, line: c.line });
+    else if (res.kind === 'shrink') this.gone.push({ start: hva + newSize, end: hva + size, line: c.line });
   }
 
   private expectSpte(c: Command): void {

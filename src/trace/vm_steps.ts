@@ -16,7 +16,7 @@ import { GUEST_HVA_BASE, Kvm, type GuestAccess } from '../kvm/vm.js';
 import { PG_swapcache } from '../mm/folio.js';
 import { madviseFree } from '../mm/madvise_free.js';
 import { migrateFolio } from '../mm/migrate.js';
-import { mremapMove } from '../mm/mremap.js';
+import { mremap } from '../mm/mremap.js';
 import { clearSoftDirty } from '../mm/soft_dirty.js';
 import type { Command, Trace } from './ast.js';
 import { GuestTables } from './guest_tables.js';
@@ -127,11 +127,15 @@ export class VmSession {
         runProgram(kvm.mm.mprotect(GUEST_HVA_BASE + num(c, 'gpa')!, num(c, 'size')!, { writable: c.words.has('rw') }));
         return null;
       case 'mremap': {
-        const gpa = num(c, 'gpa')!;
+        const hva = num(c, 'hva') ?? GUEST_HVA_BASE + num(c, 'gpa')!;
         const size = num(c, 'size')!;
-        const to = num(c, 'to')!;
-        const r = runProgram(mremapMove(kvm.mm, GUEST_HVA_BASE + gpa, size, to));
-        return { line: s.line, op: 'mremap', gpa: hexNum(gpa), size: hexNum(size), to: hexNum(to), moved: r.moved };
+        const newSize = num(c, 'new_size');
+        const to = num(c, 'to');
+        const r = runProgram(mremap(kvm.mm, hva, size, newSize ?? size, { maymove: c.words.has('maymove'), ...(to !== undefined ? { fixed: to } : {}) }));
+        return {
+          line: s.line, op: 'mremap', ...(c.args.has('hva') ? { hva: hexNum(hva) } : { gpa: hexNum(hva - GUEST_HVA_BASE) }), size: hexNum(size), ...(newSize !== undefined ? { new_size: hexNum(newSize) } : {}),
+          to: hexNum(r.addr), how: r.kind, moved: r.moved,
+        };
       }
       case 'madvise_free': {
         const gpa = num(c, 'gpa')!;

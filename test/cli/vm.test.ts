@@ -163,7 +163,7 @@ describe('mmulab run: invalid VM-level input', () => {
     ['4K page inside a 2M page', 'vm tdp=ept\nguest map gva=0x200000 gpa=0 page=2m\nguest map gva=0x201000 gpa=0x1000\n', `3:11: guest map: gva 0x201000 is already mapped by a 2M page (line 2)`],
     ['NPT bit on an EPT VM', head + 'expect spte gfn=5 nx=0\n', `4:19: expect spte: 'nx' is an NPT bit; this VM's SPTEs are EPT (r, w, x)`],
     ['overlapping memslot', head + 'memslot slot=1 gpa=0xff0000 size=1M\n', `4:16: memslot: gpa range overlaps memslot 0 (gpa 0x0, size 0x1000000)`],
-    ['partial munmap', head + 'munmap gpa=0 size=8K\n', `4:8: munmap: unmaps whole memslots only: memslot 0 is gpa 0x0, size 0x1000000`],
+    ['unaligned munmap', head + 'munmap gpa=0x800 size=8K\n', `4:8: munmap: gpa 0x800 is not aligned to the 4K host page`],
     ['dirty_log get before enable', head + 'dirty_log slot=0 get\n', `4:11: dirty_log get: memslot 0 does not log dirty pages (no 'dirty_log enable' for it before)`],
     ['madvise of part of a 2M host page', 'vm tdp=npt host_page=2m\nmadvise_dontneed gpa=0x1000 size=4K\n', `2:18: madvise_dontneed: gpa 0x1000 is not aligned to the 2M host page`],
     ['memory not a multiple of the host page', 'vm tdp=ept memory=3M host_page=2m\n', `1:12: vm: memory 0x300000 is not a multiple of the 2M host page`],

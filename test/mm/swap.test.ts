@@ -8,6 +8,8 @@ import { describe, expect, it } from 'vitest';
 import { runProgram } from '../../src/hw/sched.js';
 import type { Kvm } from '../../src/kvm/vm.js';
 import { LruList, PG_active, PG_dirty, PG_swapcache, PG_workingset } from '../../src/mm/folio.js';
+import { folioVma } from '../../src/mm/mm.js';
+import { mremap } from '../../src/mm/mremap.js';
 import { _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_RW } from '../../src/mm/pgtable.js';
 import { setUpReclaim } from '../../src/mm/vmscan.js';
 import { unpackShadow } from '../../src/mm/workingset.js';
@@ -96,6 +98,29 @@ describe('do_swap_page', () => {
     runProgram(kvm.mm.madviseDontneed(hvaOf(0), 2 * PAGE));
     expect([swap.inuse, swap.shadows.size]).toEqual([2, 2]);
     expect(kvm.mm.checkIntegrity().mismatches).toEqual([]);
+  });
+});
+
+describe('swap entries and partial ranges', () => {
+  it('mremap moves swap entries with part of an area; a swap-in at the new address keeps folio->index (vm_pgoff) and the token; munmap of one page frees only its slot', () => {
+    const s = setUp();
+    const { kvm, swap } = s;
+    const tokens = [0, 1, 2, 3].map((g) => guestWrite(kvm, g));
+    evict(s, [0, 1, 2, 3]);
+    const X = 0x1_0000_0000;
+    const r = runProgram(mremap(kvm.mm, hvaOf(2 * PAGE), 2 * PAGE, 2 * PAGE, { fixed: X }));
+    expect([r.kind, r.moved, r.flushes]).toEqual(['move', 2, 0]); // swap entries only: no TLB flush
+    expect(kvm.mm.findVma(X)!.pgoff).toBe(2);
+    expect(swap.inuse).toBe(4);
+    expect(kvm.mm.readToken(X + PAGE)).toBe(tokens[3]); // do_swap_page at the new address
+    const head = kvm.mm.lookup(X + PAGE)!;
+    const f = kvm.mm.folios;
+    expect(f.index[f.idx(head)]).toBe(3);
+    expect(folioVma(f, head)).toBe(kvm.mm.findVma(X));
+    runProgram(kvm.mm.munmap(hvaOf(0), PAGE));
+    expect(swap.inuse).toBe(3);
+    expect(kvm.mm.areas.map((v) => [v.start, v.end, v.pgoff])).toEqual([[X, X + 2 * PAGE, 2], [hvaOf(PAGE), hvaOf(2 * PAGE), 1], [hvaOf(4 * PAGE), hvaOf(64 * PAGE), 4]]);
+    expect(kvm.mm.checkIntegrity()).toEqual({ pages: 63, mismatches: [] });
   });
 });
 

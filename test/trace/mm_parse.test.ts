@@ -49,7 +49,7 @@ describe('host-mm verbs: parsing', () => {
     expect(err(VM + 'page_idle read gpa=0x1000 size=100\n')).toBe('t.trace:2:27: page_idle read: size 0x64 is not a non-zero multiple of 4K');
     expect(err(VM + 'page_idle read size=4K\n')).toMatch(/^t\.trace:2:1: page_idle read: missing required key 'gpa'/);
     expect(err(VM + 'mprotect gpa=0 size=64K\n')).toMatch(/^t\.trace:2:1: mprotect: /);
-    expect(err(VM + 'mprotect gpa=0x20000 size=64K rw\n')).toBe('t.trace:2:10: mprotect: gpa range 0x20000+0x10000 is not inside one memslot');
+    expect(err(VM + 'mprotect gpa=0x20000 size=64K rw\n')).toBe('t.trace:2:10: mprotect: ENOMEM: gpa 0x20000 of the range 0x20000+0x10000 is not mapped');
     expect(err(VM + 'expect folio gpa=0x10000\n')).toBe('t.trace:2:14: expect folio: gpa 0x10000 is not in a memslot');
     expect(err('vm tdp=ept\nguest map gva=0 gpa=0\nreclaim\n')).toBe(
       't.trace:2:1: guest map: guest page tables would be reclaimed (reclaim at line 3), and swap keeps data tokens, not bytes; run the guest with paging off (cpu cr0=0x11), see docs/mm.md section 5',
