@@ -23,7 +23,9 @@ import {
   isShadowPresentPte, leafSpteChangeNeedsTlbFlush, makeMmioSpte, makeNonleafSpte, makeSpte, markSpteForAccessTrack,
   spteToPfn, type SpteFlavour,
 } from './spte.js';
-import { TdpIter, iterAtPresentLeaf, kvmTdpMmuWriteSpte, tdpMmuClearSpteBits, pagesPerHpage, tdpIterNext, tdpIterStart } from './tdp_iter.js';
+import {
+  TdpIter, iterAtPresentLeaf, kvmTdpMmuWriteSpte, sideStepsLeft, tdpMmuClearSpteBits, pagesPerHpage, tdpIterNext, tdpIterSideSteps, tdpIterStart,
+} from './tdp_iter.js';
 
 /** Page-fault handler results (enum ret_pf, mmu_internal.h). */
 export const enum RetPf {
@@ -124,6 +126,30 @@ export class TdpMmuStats {
 }
 
 type Program<T> = Generator<unknown, T, undefined>;
+
+/** What lockless aging (6.15+) does at one entry of its walk. */
+const enum AgeStep {
+  /** Not present, or a leaf that is not accessed: nothing (the walk's `continue`, or !is_accessed_spte). */
+  Skip = 0,
+  /** A present table above 4K: not a leaf, so nothing; the iterator steps down into it. */
+  Descend = 1,
+  /** A young leaf with A/D enabled: an atomic clear of A (tdp_mmu_clear_spte_bits_atomic). */
+  ClearA = 2,
+  /** A young leaf with A/D disabled: one cmpxchg to the access-tracked value. */
+  AccessTrack = 3,
+}
+
+/**
+ * Classifies an SPTE (halves lo, hi) at `level` for lockless aging:
+ * tdp_root_for_each_leaf_pte's filter (present: bit 11; leaf: 4K or bit 7),
+ * is_accessed_spte (the accessed mask), spte_ad_enabled (bits 53:52 not 1).
+ */
+function ageStepOf(lo: number, hi: number, level: number, accLo: number, accHi: number): AgeStep {
+  if ((lo & 0x800) === 0) return AgeStep.Skip;
+  if (level !== PG_LEVEL_4K && (lo & 0x80) === 0) return AgeStep.Descend;
+  if (((lo & accLo) | (hi & accHi)) === 0) return AgeStep.Skip;
+  return ((hi >>> 20) & 3) === 1 ? AgeStep.AccessTrack : AgeStep.ClearA;
+}
 
 const NONPRESENT_LO = lo32(SHADOW_NONPRESENT_VALUE);
 const NONPRESENT_HI = hi32(SHADOW_NONPRESENT_VALUE);
@@ -553,6 +579,13 @@ export class TdpMmu {
   /**
    * kvm_tdp_mmu_age_gfn_range (testOnly false) and kvm_tdp_mmu_test_age_gfn
    * (testOnly true, which stops at the first young SPTE). Returns young.
+   *
+   * for_each_valid_tdp_mmu_root, tdp_root_for_each_leaf_pte, and for each
+   * young leaf kvm_tdp_mmu_age_spte. While nothing can interleave (no
+   * scheduler) the loop first lets {@link ageSiblingsDirect} take the entries
+   * of the current table it can finish with plain reads (skips and clears of
+   * A, the same steps as the loop body's); the body then handles the entry
+   * where it stopped, as it handles every entry under a scheduler.
    */
   *ageGfnRange(range: KvmGfnRange, testOnly: boolean): Program<boolean> {
     const vm = this.vm;
@@ -571,26 +604,32 @@ export class TdpMmu {
         const it = new TdpIter(mem);
         if (mem.yields) yield;
         for (tdpIterStart(it, root, PG_LEVEL_4K, range.start); it.valid && it.gfn < range.end; ) {
-          const lo = it.oldLo;
-          // A present leaf (bit 11; 4K or bit 7) with its accessed bit set.
-          if (
-            (lo & 0x800) !== 0 && (it.level === PG_LEVEL_4K || (lo & 0x80) !== 0) &&
-            (legacy ? isAccessedSpte(f, it.oldSpte) : ((lo & accLo) | (it.oldHi & accHi)) !== 0)
-          ) {
-            if (testOnly) return true;
-            young = true; // reported young even if the update below loses a race
-            if (locked) yield* this.ageSpteLocked(it);
-            else if (((it.oldHi >>> 20) & 3) !== 1) {
-              // kvm_tdp_mmu_age_spte, A/D enabled: an unconditional atomic clear of A (inline: the common case).
-              if (mem.yields) yield;
-              mem.and64(it.sptep, ~accLo, ~accHi);
-              it.takeMem();
-              this.stats.aged++;
-              if (vm.events.kvm_tdp_mmu_spte_changed) {
-                const old = it.oldSpte;
-                vm.events.emit('kvm_tdp_mmu_spte_changed', { as_id: it.asId, gfn: it.gfn, level: it.level, old_spte: old, new_spte: old & ~f.accessedMask });
-              }
-            } else yield* this.ageSpteAccessTrack(it);
+          if (!locked && !mem.yields && mem.preempt === null && this.ageSiblingsDirect(it, range.end, testOnly || vm.events.kvm_tdp_mmu_spte_changed)) young = true;
+          if (locked) {
+            // A present leaf (bit 11; 4K or bit 7) with its accessed bit set.
+            if ((it.oldLo & 0x800) !== 0 && (it.level === PG_LEVEL_4K || (it.oldLo & 0x80) !== 0) &&
+              (legacy ? isAccessedSpte(f, it.oldSpte) : ((it.oldLo & accLo) | (it.oldHi & accHi)) !== 0)) {
+              if (testOnly) return true;
+              young = true;
+              yield* this.ageSpteLocked(it);
+            }
+          } else {
+            const step = ageStepOf(it.oldLo, it.oldHi, it.level, accLo, accHi);
+            if (step === AgeStep.ClearA || step === AgeStep.AccessTrack) {
+              if (testOnly) return true;
+              young = true; // reported young even if the update below loses a race
+              if (step === AgeStep.ClearA) {
+                // kvm_tdp_mmu_age_spte, A/D enabled: an unconditional atomic clear of A (tdp_mmu_clear_spte_bits_atomic).
+                if (mem.yields) yield;
+                mem.and64(it.sptep, ~accLo, ~accHi);
+                it.takeMem();
+                this.stats.aged++;
+                if (vm.events.kvm_tdp_mmu_spte_changed) {
+                  const old = it.oldSpte;
+                  vm.events.emit('kvm_tdp_mmu_spte_changed', { as_id: it.asId, gfn: it.gfn, level: it.level, old_spte: old, new_spte: old & ~f.accessedMask });
+                }
+              } else yield* this.ageSpteAccessTrack(it);
+            }
           }
           if (mem.yields) yield;
           tdpIterNext(it);
@@ -600,6 +639,51 @@ export class TdpMmu {
     } finally {
       vm.rcu.readUnlock(token);
     }
+  }
+
+  /**
+   * The aging loop's steps over the current entry and the siblings after it
+   * in its table, read with plain array reads (PhysMem.directWords): only
+   * while nothing can interleave. Each entry is classified as the loop body
+   * classifies it (ageStepOf): a skip costs nothing, a young A/D-enabled leaf
+   * gets A cleared and counted, as the body's atomic clear would. It stops,
+   * leaving the iterator there as tryStepSide would, at the first entry that
+   * needs more (a table to descend into, an A/D-disabled young leaf, any
+   * young leaf when `stopAtYoung`: test_young, or a trace event to emit) or
+   * at the last entry of the table or the range; that entry is left to the
+   * loop body. Returns whether it cleared any A.
+   */
+  private ageSiblingsDirect(it: TdpIter, end: number, stopAtYoung: boolean): boolean {
+    const level = it.level;
+    // Entries after this one the walk visits: side steps within the table, at gfns below end.
+    const n = Math.min(sideStepsLeft(it), Math.ceil((end - it.gfn) / pagesPerHpage(level)) - 1);
+    if (n <= 0) return false;
+    const mem = this.vm.mem;
+    const w0 = mem.wordIndex(it.sptep);
+    if (w0 < 0) return false;
+    const words = mem.directWords();
+    const accLo = this.accessedLo;
+    const accHi = this.accessedHi;
+    let lo = it.oldLo;
+    let hi = it.oldHi;
+    let w = w0;
+    let aged = 0;
+    let i = 0;
+    for (; i < n; i++) {
+      const step = ageStepOf(lo, hi, level, accLo, accHi);
+      if (step !== AgeStep.Skip) {
+        if (step !== AgeStep.ClearA || stopAtYoung) break;
+        words[w] = lo & ~accLo;
+        words[w + 1] = hi & ~accHi;
+        aged++;
+      }
+      w += 2;
+      lo = words[w];
+      hi = words[w + 1];
+    }
+    if (i > 0) tdpIterSideSteps(it, i, lo, hi);
+    this.stats.aged += aged;
+    return aged !== 0;
   }
 
   /**
