@@ -664,24 +664,23 @@ export class TdpMmu {
     const words = mem.directWords();
     const accLo = this.accessedLo;
     const accHi = this.accessedHi;
-    let lo = it.oldLo;
-    let hi = it.oldHi;
+    const keepLo = ~accLo;
+    const keepHi = ~accHi;
     let w = w0;
     let aged = 0;
     let i = 0;
-    for (; i < n; i++) {
+    // Entry 0 is the one the iterator just read; nothing has written it since.
+    for (; i < n; i++, w += 2) {
+      const lo = words[w];
+      const hi = words[w + 1];
       const step = ageStepOf(lo, hi, level, accLo, accHi);
-      if (step !== AgeStep.Skip) {
-        if (step !== AgeStep.ClearA || stopAtYoung) break;
-        words[w] = lo & ~accLo;
-        words[w + 1] = hi & ~accHi;
-        aged++;
-      }
-      w += 2;
-      lo = words[w];
-      hi = words[w + 1];
+      if (step === AgeStep.Skip) continue;
+      if (step !== AgeStep.ClearA || stopAtYoung) break;
+      words[w] = lo & keepLo;
+      words[w + 1] = hi & keepHi;
+      aged++;
     }
-    if (i > 0) tdpIterSideSteps(it, i, lo, hi);
+    if (i > 0) tdpIterSideSteps(it, i, words[w], words[w + 1]);
     this.stats.aged += aged;
     return aged !== 0;
   }
