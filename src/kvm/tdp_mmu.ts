@@ -127,34 +127,33 @@ export class TdpMmuStats {
 
 type Program<T> = Generator<unknown, T, undefined>;
 
-/** What lockless aging (6.15+) does at one entry of its walk. */
-const enum AgeStep {
-  /** Not present, or a leaf that is not accessed: nothing (the walk's `continue`, or !is_accessed_spte). */
-  Skip = 0,
-  /** A present table above 4K: not a leaf, so nothing; the iterator steps down into it. */
-  Descend = 1,
-  /** A young leaf with A/D enabled: an atomic clear of A (tdp_mmu_clear_spte_bits_atomic). */
-  ClearA = 2,
-  /** A young leaf with A/D disabled: one cmpxchg to the access-tracked value. */
-  AccessTrack = 3,
-}
-
-/**
- * Classifies an SPTE (halves lo, hi) at `level` for lockless aging:
- * tdp_root_for_each_leaf_pte's filter (present: bit 11; leaf: 4K or bit 7),
- * is_accessed_spte (the accessed mask), spte_ad_enabled (bits 53:52 not 1).
- */
-function ageStepOf(lo: number, hi: number, level: number, accLo: number, accHi: number): AgeStep {
-  if ((lo & 0x800) === 0) return AgeStep.Skip;
-  if (level !== PG_LEVEL_4K && (lo & 0x80) === 0) return AgeStep.Descend;
-  if (((lo & accLo) | (hi & accHi)) === 0) return AgeStep.Skip;
-  return ((hi >>> 20) & 3) === 1 ? AgeStep.AccessTrack : AgeStep.ClearA;
-}
-
 const NONPRESENT_LO = lo32(SHADOW_NONPRESENT_VALUE);
 const NONPRESENT_HI = hi32(SHADOW_NONPRESENT_VALUE);
 const FROZEN_LO = lo32(FROZEN_SPTE);
 const FROZEN_HI = hi32(FROZEN_SPTE);
+
+// The aging walk's tests on an SPTE given as halves (lo, hi), shared by its
+// step-by-step loop and its direct scan.
+
+/** Shadow-present (bit 11, SPTE_MMU_PRESENT_MASK): is_shadow_present_pte. */
+function presentLo(lo: number): boolean {
+  return (lo & 0x800) !== 0;
+}
+
+/** A present leaf (a 4K entry, `at4k`, or bit 7): tdp_root_for_each_leaf_pte's filter. */
+function presentLeaf(lo: number, at4k: boolean): boolean {
+  return (lo & 0x800) !== 0 && (at4k || (lo & 0x80) !== 0);
+}
+
+/** is_accessed_spte (6.13+): the accessed mask, hardware or software A. */
+function accessedHalves(lo: number, hi: number, accLo: number, accHi: number): boolean {
+  return ((lo & accLo) | (hi & accHi)) !== 0;
+}
+
+/** spte_ad_enabled: bits 53:52 (hi bits 21:20) are not SPTE_TDP_AD_DISABLED. */
+function adEnabledHi(hi: number): boolean {
+  return ((hi >>> 20) & 3) !== 1;
+}
 
 export class TdpMmu {
   readonly roots: KvmMmuPage[] = [];
@@ -605,31 +604,23 @@ export class TdpMmu {
         if (mem.yields) yield;
         for (tdpIterStart(it, root, PG_LEVEL_4K, range.start); it.valid && it.gfn < range.end; ) {
           if (!locked && !mem.yields && mem.preempt === null && this.ageSiblingsDirect(it, range.end, testOnly || vm.events.kvm_tdp_mmu_spte_changed)) young = true;
-          if (locked) {
-            // A present leaf (bit 11; 4K or bit 7) with its accessed bit set.
-            if ((it.oldLo & 0x800) !== 0 && (it.level === PG_LEVEL_4K || (it.oldLo & 0x80) !== 0) &&
-              (legacy ? isAccessedSpte(f, it.oldSpte) : ((it.oldLo & accLo) | (it.oldHi & accHi)) !== 0)) {
-              if (testOnly) return true;
-              young = true;
-              yield* this.ageSpteLocked(it);
-            }
-          } else {
-            const step = ageStepOf(it.oldLo, it.oldHi, it.level, accLo, accHi);
-            if (step === AgeStep.ClearA || step === AgeStep.AccessTrack) {
-              if (testOnly) return true;
-              young = true; // reported young even if the update below loses a race
-              if (step === AgeStep.ClearA) {
-                // kvm_tdp_mmu_age_spte, A/D enabled: an unconditional atomic clear of A (tdp_mmu_clear_spte_bits_atomic).
-                if (mem.yields) yield;
-                mem.and64(it.sptep, ~accLo, ~accHi);
-                it.takeMem();
-                this.stats.aged++;
-                if (vm.events.kvm_tdp_mmu_spte_changed) {
-                  const old = it.oldSpte;
-                  vm.events.emit('kvm_tdp_mmu_spte_changed', { as_id: it.asId, gfn: it.gfn, level: it.level, old_spte: old, new_spte: old & ~f.accessedMask });
-                }
-              } else yield* this.ageSpteAccessTrack(it);
-            }
+          const lo = it.oldLo;
+          const hi = it.oldHi;
+          if (presentLeaf(lo, it.level === PG_LEVEL_4K) && (legacy ? isAccessedSpte(f, it.oldSpte) : accessedHalves(lo, hi, accLo, accHi))) {
+            if (testOnly) return true;
+            young = true; // reported young even if the update below loses a race
+            if (locked) yield* this.ageSpteLocked(it);
+            else if (adEnabledHi(hi)) {
+              // kvm_tdp_mmu_age_spte, A/D enabled: an unconditional atomic clear of A (tdp_mmu_clear_spte_bits_atomic).
+              if (mem.yields) yield;
+              mem.and64(it.sptep, ~accLo, ~accHi);
+              it.takeMem();
+              this.stats.aged++;
+              if (vm.events.kvm_tdp_mmu_spte_changed) {
+                const old = it.oldSpte;
+                vm.events.emit('kvm_tdp_mmu_spte_changed', { as_id: it.asId, gfn: it.gfn, level: it.level, old_spte: old, new_spte: old & ~f.accessedMask });
+              }
+            } else yield* this.ageSpteAccessTrack(it);
           }
           if (mem.yields) yield;
           tdpIterNext(it);
@@ -644,14 +635,15 @@ export class TdpMmu {
   /**
    * The aging loop's steps over the current entry and the siblings after it
    * in its table, read with plain array reads (PhysMem.directWords): only
-   * while nothing can interleave. Each entry is classified as the loop body
-   * classifies it (ageStepOf): a skip costs nothing, a young A/D-enabled leaf
-   * gets A cleared and counted, as the body's atomic clear would. It stops,
-   * leaving the iterator there as tryStepSide would, at the first entry that
-   * needs more (a table to descend into, an A/D-disabled young leaf, any
-   * young leaf when `stopAtYoung`: test_young, or a trace event to emit) or
-   * at the last entry of the table or the range; that entry is left to the
-   * loop body. Returns whether it cleared any A.
+   * while nothing can interleave. Each entry gets the loop body's tests in
+   * its order (present leaf, accessed, A/D enabled): an entry that is not a
+   * young leaf is passed over, a young A/D-enabled leaf gets A cleared and
+   * counted, as the body's atomic clear would. It stops, leaving the
+   * iterator there as tryStepSide would, at the first entry that needs more
+   * (a table to descend into, an A/D-disabled young leaf, any young leaf
+   * when `stopAtYoung`: test_young, or a trace event to emit) or at the last
+   * entry of the table or the range; the loop body takes that entry. Returns
+   * whether it cleared any A.
    */
   private ageSiblingsDirect(it: TdpIter, end: number, stopAtYoung: boolean): boolean {
     const level = it.level;
@@ -666,16 +658,20 @@ export class TdpMmu {
     const accHi = this.accessedHi;
     const keepLo = ~accLo;
     const keepHi = ~accHi;
+    const at4k = level === PG_LEVEL_4K;
     let w = w0;
     let aged = 0;
     let i = 0;
     // Entry 0 is the one the iterator just read; nothing has written it since.
     for (; i < n; i++, w += 2) {
       const lo = words[w];
+      if (!presentLeaf(lo, at4k)) {
+        if (presentLo(lo)) break; // a table: the iterator steps down into it
+        continue;
+      }
       const hi = words[w + 1];
-      const step = ageStepOf(lo, hi, level, accLo, accHi);
-      if (step === AgeStep.Skip) continue;
-      if (step !== AgeStep.ClearA || stopAtYoung) break;
+      if (!accessedHalves(lo, hi, accLo, accHi)) continue;
+      if (stopAtYoung || !adEnabledHi(hi)) break;
       words[w] = lo & keepLo;
       words[w + 1] = hi & keepHi;
       aged++;
