@@ -170,6 +170,27 @@ export class PhysMem {
     this.hi = this.words[w + 1];
   }
 
+  /**
+   * Direct access for a scan while nothing can interleave (no scheduler:
+   * `yields` false and no preempt hook): the array of every frame's 32-bit
+   * words, an 8-byte value at word w being lo = words[w], hi = words[w + 1].
+   * Index it with {@link wordIndex}. Valid until the next operation that
+   * allocates a frame (the array may then be replaced). While a scheduler is
+   * active every access must be an operation with its preempt point, so this
+   * is refused.
+   */
+  directWords(): Int32Array {
+    if (this.yields || this.preempt !== null) throw new Error('assertion: direct memory access while a scheduler can interleave');
+    return this.words;
+  }
+
+  /** Word index in {@link directWords} of the 8-byte value at hpa, or -1 if its frame was never written. Not a memory operation. */
+  wordIndex(hpa: number): number {
+    this.check(hpa);
+    const base = this.frameBase((hpa * INV_TWO32) | 0, hpa | 0, false);
+    return base < 0 ? -1 : base + ((hpa & 0xff8) >>> 2);
+  }
+
   /** Word index of the 8-byte value at hpa, allocating its frame. */
   private wordOf(hpa: number): number {
     return this.frameBase((hpa * INV_TWO32) | 0, hpa | 0, true) + ((hpa & 0xff8) >>> 2);

@@ -202,6 +202,25 @@ export function tryStepSide(it: TdpIter): boolean {
 }
 
 /**
+ * `n` successful {@link tryStepSide} calls whose reads the caller made itself
+ * (a direct scan of the table, PhysMem.directWords, while nothing can
+ * interleave): leaves the iterator where they would, with (lo, hi), the value
+ * of the entry reached, as its snapshot. The caller keeps n within the table.
+ */
+export function tdpIterSideSteps(it: TdpIter, n: number, lo: number, hi: number): void {
+  it.gfn += n * PAGES_PER_LEVEL[it.level];
+  it.nextLastLevelGfn = it.gfn;
+  it.sptep += 8 * n;
+  it.oldLo = lo;
+  it.oldHi = hi;
+}
+
+/** Side steps left in the current table: how many times {@link tryStepSide} would succeed from here. */
+export function sideStepsLeft(it: TdpIter): number {
+  return (0xff8 - (it.sptep & 0xff8)) >>> 3;
+}
+
+/**
  * Returns to the parent entry (already visited) and re-reads it; mirrors
  * try_step_up. Fails at the root level.
  */

@@ -23,7 +23,9 @@ import {
   isShadowPresentPte, leafSpteChangeNeedsTlbFlush, makeMmioSpte, makeNonleafSpte, makeSpte, markSpteForAccessTrack,
   spteToPfn, type SpteFlavour,
 } from './spte.js';
-import { TdpIter, iterAtPresentLeaf, kvmTdpMmuWriteSpte, tdpMmuClearSpteBits, pagesPerHpage, tdpIterNext, tdpIterStart } from './tdp_iter.js';
+import {
+  TdpIter, iterAtPresentLeaf, kvmTdpMmuWriteSpte, sideStepsLeft, tdpMmuClearSpteBits, pagesPerHpage, tdpIterNext, tdpIterSideSteps, tdpIterStart,
+} from './tdp_iter.js';
 
 /** Page-fault handler results (enum ret_pf, mmu_internal.h). */
 export const enum RetPf {
@@ -129,6 +131,29 @@ const NONPRESENT_LO = lo32(SHADOW_NONPRESENT_VALUE);
 const NONPRESENT_HI = hi32(SHADOW_NONPRESENT_VALUE);
 const FROZEN_LO = lo32(FROZEN_SPTE);
 const FROZEN_HI = hi32(FROZEN_SPTE);
+
+// The aging walk's tests on an SPTE given as halves (lo, hi), shared by its
+// step-by-step loop and its direct scan.
+
+/** Shadow-present (bit 11, SPTE_MMU_PRESENT_MASK): is_shadow_present_pte. */
+function presentLo(lo: number): boolean {
+  return (lo & 0x800) !== 0;
+}
+
+/** A present leaf (a 4K entry, `at4k`, or bit 7): tdp_root_for_each_leaf_pte's filter. */
+function presentLeaf(lo: number, at4k: boolean): boolean {
+  return (lo & 0x800) !== 0 && (at4k || (lo & 0x80) !== 0);
+}
+
+/** is_accessed_spte (6.13+): the accessed mask, hardware or software A. */
+function accessedHalves(lo: number, hi: number, accLo: number, accHi: number): boolean {
+  return ((lo & accLo) | (hi & accHi)) !== 0;
+}
+
+/** spte_ad_enabled: bits 53:52 (hi bits 21:20) are not SPTE_TDP_AD_DISABLED. */
+function adEnabledHi(hi: number): boolean {
+  return ((hi >>> 20) & 3) !== 1;
+}
 
 export class TdpMmu {
   readonly roots: KvmMmuPage[] = [];
@@ -553,6 +578,13 @@ export class TdpMmu {
   /**
    * kvm_tdp_mmu_age_gfn_range (testOnly false) and kvm_tdp_mmu_test_age_gfn
    * (testOnly true, which stops at the first young SPTE). Returns young.
+   *
+   * for_each_valid_tdp_mmu_root, tdp_root_for_each_leaf_pte, and for each
+   * young leaf kvm_tdp_mmu_age_spte. While nothing can interleave (no
+   * scheduler) the loop first lets {@link ageSiblingsDirect} take the entries
+   * of the current table it can finish with plain reads (skips and clears of
+   * A, the same steps as the loop body's); the body then handles the entry
+   * where it stopped, as it handles every entry under a scheduler.
    */
   *ageGfnRange(range: KvmGfnRange, testOnly: boolean): Program<boolean> {
     const vm = this.vm;
@@ -571,17 +603,15 @@ export class TdpMmu {
         const it = new TdpIter(mem);
         if (mem.yields) yield;
         for (tdpIterStart(it, root, PG_LEVEL_4K, range.start); it.valid && it.gfn < range.end; ) {
+          if (!locked && !mem.yields && mem.preempt === null && this.ageSiblingsDirect(it, range.end, testOnly || vm.events.kvm_tdp_mmu_spte_changed)) young = true;
           const lo = it.oldLo;
-          // A present leaf (bit 11; 4K or bit 7) with its accessed bit set.
-          if (
-            (lo & 0x800) !== 0 && (it.level === PG_LEVEL_4K || (lo & 0x80) !== 0) &&
-            (legacy ? isAccessedSpte(f, it.oldSpte) : ((lo & accLo) | (it.oldHi & accHi)) !== 0)
-          ) {
+          const hi = it.oldHi;
+          if (presentLeaf(lo, it.level === PG_LEVEL_4K) && (legacy ? isAccessedSpte(f, it.oldSpte) : accessedHalves(lo, hi, accLo, accHi))) {
             if (testOnly) return true;
             young = true; // reported young even if the update below loses a race
             if (locked) yield* this.ageSpteLocked(it);
-            else if (((it.oldHi >>> 20) & 3) !== 1) {
-              // kvm_tdp_mmu_age_spte, A/D enabled: an unconditional atomic clear of A (inline: the common case).
+            else if (adEnabledHi(hi)) {
+              // kvm_tdp_mmu_age_spte, A/D enabled: an unconditional atomic clear of A (tdp_mmu_clear_spte_bits_atomic).
               if (mem.yields) yield;
               mem.and64(it.sptep, ~accLo, ~accHi);
               it.takeMem();
@@ -600,6 +630,55 @@ export class TdpMmu {
     } finally {
       vm.rcu.readUnlock(token);
     }
+  }
+
+  /**
+   * The aging loop's steps over the current entry and the siblings after it
+   * in its table, read with plain array reads (PhysMem.directWords): only
+   * while nothing can interleave. Each entry gets the loop body's tests in
+   * its order (present leaf, accessed, A/D enabled): an entry that is not a
+   * young leaf is passed over, a young A/D-enabled leaf gets A cleared and
+   * counted, as the body's atomic clear would. It stops, leaving the
+   * iterator there as tryStepSide would, at the first entry that needs more
+   * (a table to descend into, an A/D-disabled young leaf, any young leaf
+   * when `stopAtYoung`: test_young, or a trace event to emit) or at the last
+   * entry of the table or the range; the loop body takes that entry. Returns
+   * whether it cleared any A.
+   */
+  private ageSiblingsDirect(it: TdpIter, end: number, stopAtYoung: boolean): boolean {
+    const level = it.level;
+    // Entries after this one the walk visits: side steps within the table, at gfns below end.
+    const n = Math.min(sideStepsLeft(it), Math.ceil((end - it.gfn) / pagesPerHpage(level)) - 1);
+    if (n <= 0) return false;
+    const mem = this.vm.mem;
+    const w0 = mem.wordIndex(it.sptep);
+    if (w0 < 0) return false;
+    const words = mem.directWords();
+    const accLo = this.accessedLo;
+    const accHi = this.accessedHi;
+    const keepLo = ~accLo;
+    const keepHi = ~accHi;
+    const at4k = level === PG_LEVEL_4K;
+    let w = w0;
+    let aged = 0;
+    let i = 0;
+    // Entry 0 is the one the iterator just read; nothing has written it since.
+    for (; i < n; i++, w += 2) {
+      const lo = words[w];
+      if (!presentLeaf(lo, at4k)) {
+        if (presentLo(lo)) break; // a table: the iterator steps down into it
+        continue;
+      }
+      const hi = words[w + 1];
+      if (!accessedHalves(lo, hi, accLo, accHi)) continue;
+      if (stopAtYoung || !adEnabledHi(hi)) break;
+      words[w] = lo & keepLo;
+      words[w + 1] = hi & keepHi;
+      aged++;
+    }
+    if (i > 0) tdpIterSideSteps(it, i, words[w], words[w + 1]);
+    this.stats.aged += aged;
+    return aged !== 0;
   }
 
   /**
