@@ -370,7 +370,9 @@ export class Lruvec {
     if (!skip) {
       const oldGen = lruGenFromSeq(this.minSeq[type]);
       const list = lruGenList(oldGen, type);
-      for (let pfn = f.lruFolios(list)[0]; pfn !== undefined; pfn = f.lruFolios(list)[0]) {
+      // lru_to_folio: always the tail (oldest), as each one leaves the list.
+      for (let idx = f.tail[list]; idx !== -1; idx = f.tail[list]) {
+        const pfn = idx + f.basePfn;
         const refs = this.refs(pfn);
         const ws = f.test(pfn, PG_workingset) ? 1 : 0;
         const tier = this.tier(pfn);
