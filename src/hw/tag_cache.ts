@@ -101,19 +101,20 @@ export class TagCache {
   lookup(keyHi: number, keyLo: number, vpid: number, pcid: number, ep4ta: number): number {
     const base = this.setOf(keyHi, keyLo);
     const end = base + this.ways;
-    for (let i = base; i < end; i++) {
-      if (
-        this.valid[i] === 1 &&
-        this.keyLo[i] === keyLo &&
-        this.keyHi[i] === keyHi &&
-        this.vpid[i] === vpid &&
-        this.ep4ta[i] === ep4ta &&
-        (this.pcid[i] === pcid || this.global[i] === 1)
-      ) {
-        return i;
-      }
-    }
+    for (let i = base; i < end; i++) if (this.matches(i, keyHi, keyLo, vpid, pcid, ep4ta)) return i;
     return -1;
+  }
+
+  /** Entry i is valid and holds this key and context (the key first: it tells entries of a set apart). */
+  private matches(i: number, keyHi: number, keyLo: number, vpid: number, pcid: number, ep4ta: number): boolean {
+    return (
+      this.keyLo[i] === keyLo &&
+      this.valid[i] === 1 &&
+      this.keyHi[i] === keyHi &&
+      this.vpid[i] === vpid &&
+      this.ep4ta[i] === ep4ta &&
+      (this.pcid[i] === pcid || this.global[i] === 1)
+    );
   }
 
   /** Insert (or replace the matching entry); returns its index. */
@@ -121,16 +122,19 @@ export class TagCache {
     keyHi: number, keyLo: number, vpid: number, pcid: number, ep4ta: number,
     global: boolean, shift: number, hpa: number, gpa: number, rights: number,
   ): number {
-    let i = this.lookup(keyHi, keyLo, vpid, pcid, ep4ta);
-    if (i < 0) {
-      const base = this.setOf(keyHi, keyLo);
-      let w = -1;
-      for (let j = base; j < base + this.ways; j++) {
-        if (this.valid[j] === 0) {
-          w = j;
-          break;
-        }
+    // One pass over the set: the matching entry, else the first free way.
+    const base = this.setOf(keyHi, keyLo);
+    const end = base + this.ways;
+    let i = -1;
+    let w = -1;
+    for (let j = base; j < end; j++) {
+      if (this.matches(j, keyHi, keyLo, vpid, pcid, ep4ta)) {
+        i = j;
+        break;
       }
+      if (w < 0 && this.valid[j] === 0) w = j;
+    }
+    if (i < 0) {
       if (w < 0) {
         const set = base / this.ways;
         w = base + this.victim[set];
