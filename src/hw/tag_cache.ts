@@ -37,6 +37,8 @@ export class TagCache {
   private nLarge = 0;
   /** Entries inserted so far (statistics). */
   fills = 0;
+  /** Valid entries now: an invalidation of an empty cache has nothing to look at. */
+  private nValid = 0;
   /**
    * Bumped by every insert and drop: a memo of an entry (the L1 TLB) is good
    * while it is unchanged. A cell, so that the combined TLB can share it with
@@ -142,6 +144,7 @@ export class TagCache {
       }
       i = w;
     }
+    if (this.valid[i] === 0) this.nValid++;
     this.valid[i] = 1;
     this.keyHi[i] = keyHi;
     this.keyLo[i] = keyLo;
@@ -161,14 +164,13 @@ export class TagCache {
 
   /** Number of valid entries. */
   count(): number {
-    let n = 0;
-    for (let i = 0; i < this.valid.length; i++) n += this.valid[i];
-    return n;
+    return this.nValid;
   }
 
   /** Drop every entry. */
   clear(): void {
     this.valid.fill(0);
+    this.nValid = 0;
     this.largePos.fill(-1);
     this.nLarge = 0;
     this.epoch[0]++;
@@ -184,6 +186,7 @@ export class TagCache {
         n++;
       }
     }
+    this.nValid -= n;
     if (n > 0) this.epoch[0]++;
     return n;
   }
@@ -195,6 +198,7 @@ export class TagCache {
    * found by looking at the address's set and at the large entries only.
    */
   dropCovering(hi: number, lo: number, vpid: number, pcid: number, ep4ta: number, globalAnyPcid: boolean): number {
+    if (this.nValid === 0) return 0;
     let n = 0;
     const g = this.granule;
     const base = this.setOf(maskHi(hi, g), maskLo(lo, g));
@@ -214,6 +218,7 @@ export class TagCache {
         n++;
       }
     }
+    this.nValid -= n;
     if (n > 0) this.epoch[0]++;
     return n;
   }
