@@ -14,6 +14,7 @@ import type { Kvm } from '../../src/kvm/vm.js';
 import { LruList, PG_anon, PG_dirty, PG_ksm, PG_referenced } from '../../src/mm/folio.js';
 import { ksmCounts, ksmMergePages, ksmScan } from '../../src/mm/ksm.js';
 import { migrateFolio } from '../../src/mm/migrate.js';
+import { setUpReclaim } from '../../src/mm/vmscan.js';
 import { MMU_NOTIFIER_EVENT_NAMES, type MmuNotifierOps } from '../../src/mm/mmu_notifier.js';
 import { GUEST_HVA_BASE, guestAccess, makeVm } from '../support/kvm_setup.js';
 
@@ -262,6 +263,24 @@ describe('KSM pages and reclaim, migration, unmap', () => {
     expect(kvm.mm.tokenAt(hva(K4))).toBe(0); // DONTNEED discards: the page reads as zeroes
     runProgram(kvm.mm.madviseDontneed(hva(0), K4));
     expect([f.refcount[f.idx(kpfn)], f.lruListOf(kpfn)]).toEqual([0, -1]);
+    expect(kvm.mm.checkIntegrity().mismatches).toEqual([]);
+  });
+
+  it('reclaim keeps a KSM page resident (its sharers cannot be unmapped without rmap_walk_ksm) and swaps the others; all data intact', () => {
+    const { kvm } = setup();
+    const { reclaim, swap } = setUpReclaim(kvm.mm, { swapSlots: 16 });
+    const t = guestWrite(kvm, 0);
+    guestWrite(kvm, K4, t);
+    const t2 = guestWrite(kvm, 2 * K4);
+    runProgram(ksmMergePages(kvm.mm, [hva(0), hva(K4)]));
+    const kpfn = kvm.mm.lookup(hva(0))!;
+    const got = runProgram(reclaim.tryToFreePages(16));
+    // Only page 2 could go: the KSM page is put back on every pass.
+    expect(got).toBe(1);
+    expect(swap.stats.pswpout).toBe(1);
+    expect(kvm.mm.lookup(hva(2 * K4))).toBeNull();
+    expect([kvm.mm.lookup(hva(0)), kvm.mm.lookup(hva(K4))]).toEqual([kpfn, kpfn]);
+    expect([kvm.mm.tokenAt(hva(0)), kvm.mm.tokenAt(hva(K4)), kvm.mm.tokenAt(hva(2 * K4))]).toEqual([t, t, t2]);
     expect(kvm.mm.checkIntegrity().mismatches).toEqual([]);
   });
 });
