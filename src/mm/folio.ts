@@ -31,6 +31,13 @@ export const PG_idle = 1 << 14;
 export const PG_anon = 1 << 15;
 /** A tail frame of a large folio (PageTail). */
 export const PG_tail = 1 << 16;
+/**
+ * folio->mapping has PAGE_MAPPING_KSM (folio_test_ksm): a KSM page whose
+ * `mapping` names a KsmStableNode (src/mm/ksm.ts), not an anon_vma. PG_anon
+ * stays set, as folio_test_anon is true for KSM folios. Bit 27: above the
+ * order field.
+ */
+export const PG_ksm = 1 << 27;
 
 /** MGLRU: LRU_GEN_MASK holds gen+1 while on an MGLRU list, else 0 (3 bits: order_base_2(MAX_NR_GENS + 1)). */
 export const LRU_GEN_PGOFF = 17;
@@ -75,7 +82,7 @@ export class FolioTable {
   lruNext = new Int32Array(0);
   /** List id + 1, 0 when on no list. */
   list = new Uint8Array(0);
-  /** folio->mapping: an anon_vma id (PG_anon) registered in `mappings`, 0 for none. */
+  /** folio->mapping: an anon_vma id (PG_anon) or a KSM stable node (PG_ksm) registered in `mappings`, 0 for none. */
   mapping = new Int32Array(0);
   /** folio->index: page offset of the folio within its anon_vma's area. */
   index = new Uint32Array(0);

@@ -24,7 +24,7 @@
  * Not modelled: huge mappings (madvise_free_huge_pmd, splitting), shared
  * folios, MGLRU (lru_gen lists for lazyfree folios).
  */
-import { LruList, PG_active, PG_anon, PG_dirty, PG_referenced, PG_swapbacked, PG_swapcache, PG_unevictable } from './folio.js';
+import { LruList, PG_active, PG_anon, PG_dirty, PG_ksm, PG_referenced, PG_swapbacked, PG_swapcache, PG_unevictable } from './folio.js';
 import { PAGE_SIZE, VM_LOCKED, folioVma, vmaAddress, type MmStruct } from './mm.js';
 import { MMU_NOTIFIER_RANGE_BLOCKABLE, MmuNotifierEvent, mmuNotifierRangeInit, type Program } from './mmu_notifier.js';
 import { _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, entryAddr, type LeafVisitor } from './pgtable.js';
@@ -69,7 +69,7 @@ export function* madviseFree(mm: MmStruct, start: number, length: number): Progr
       }
       const head = f.folioOf(entryAddr(lo, hi) / PAGE_SIZE);
       const i = f.idx(head);
-      if (f.order(head) !== 0 || f.mapcount[i] !== 1) return; // large or shared: left alone
+      if (f.order(head) !== 0 || f.mapcount[i] !== 1 || (f.flags[i] & PG_ksm) !== 0) return; // large or shared (a KSM page, whose rmap is not walked here): left alone
       if ((f.flags[i] & (PG_swapcache | PG_dirty)) !== 0) {
         if ((f.flags[i] & PG_swapcache) !== 0 && !(mm.swap?.freeSwap?.(head) ?? false)) return;
         f.clear(head, PG_dirty);

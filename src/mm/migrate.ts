@@ -27,7 +27,7 @@
  * Not modelled: large folios, swap-cache folios (their swap cache entry
  * would move too), MGLRU (the new folio's generation).
  */
-import { LruList, PG_active, PG_anon, PG_dirty, PG_idle, PG_referenced, PG_swapbacked, PG_swapcache, PG_unevictable, PG_uptodate, PG_workingset, PG_young } from './folio.js';
+import { LruList, PG_active, PG_anon, PG_dirty, PG_idle, PG_ksm, PG_referenced, PG_swapbacked, PG_swapcache, PG_unevictable, PG_uptodate, PG_workingset, PG_young } from './folio.js';
 import { PAGE_SIZE, folioVma, vmaAddress, type MmStruct } from './mm.js';
 import { MMU_NOTIFIER_RANGE_BLOCKABLE, MmuNotifierEvent, mmuNotifierRangeInit, type Program } from './mmu_notifier.js';
 import {
@@ -65,7 +65,8 @@ export function decodeMigrationEntry(lo: number, hi: number): { type: number; pf
 
 /**
  * migrate_pages of the folio mapped at hva to a newly allocated frame.
- * Null when there is nothing to migrate there (not resident, swapped).
+ * Null when there is nothing to migrate there (not resident, swapped) or
+ * the folio is a KSM page (not migrated in this model).
  * Throws for what is not modelled (large folio, swap cache, MGLRU).
  */
 export function* migrateFolio(mm: MmStruct, hva: number, observe?: (phase: 'migration-entry', pte: bigint) => void): Program<MigrateResult | null> {
@@ -75,6 +76,7 @@ export function* migrateFolio(mm: MmStruct, hva: number, observe?: (phase: 'migr
   if (pfn === null) return null;
   const src = f.folioOf(pfn);
   const si = f.idx(src);
+  if ((f.flags[si] & PG_ksm) !== 0) return null; // a KSM page: its sharers' rmap (rmap_walk_ksm) is not modelled
   if (f.order(src) !== 0) throw new RangeError('migrate: large folios are not modelled');
   if ((f.flags[si] & PG_swapcache) !== 0) throw new RangeError('migrate: swap-cache folios are not modelled');
   const vma = folioVma(f, src);

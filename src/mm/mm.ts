@@ -21,7 +21,8 @@
  */
 import type { PhysMem } from '../hw/phys_mem.js';
 import { Outcome } from '../hw/result.js';
-import { LruList, PG_anon, PG_dirty, PG_swapbacked, PG_uptodate, type FolioTable } from './folio.js';
+import { runProgram } from '../hw/sched.js';
+import { LruList, PG_anon, PG_dirty, PG_ksm, PG_swapbacked, PG_uptodate, type FolioTable } from './folio.js';
 import { HostCpu } from './host_cpu.js';
 import {
   MMU_NOTIFIER_RANGE_BLOCKABLE, MmuNotifierEvent, MmuNotifierSubscriptions, ULONG_MAX, mmuNotifierRangeInit, type MmuNotifierRange, type Program,
@@ -94,10 +95,13 @@ export function vmaAddress(vma: VmArea, index: number): number {
 
 /**
  * rmap_walk_anon for one folio: the area on its anon_vma whose pgoff range
- * holds folio->index, or null (no anon_vma, or that part was unmapped).
+ * holds folio->index, or null (no anon_vma, or that part was unmapped). A
+ * KSM folio (PG_ksm) has a stable node, not an anon_vma, and its sharers
+ * are not walked here (rmap_walk_ksm is not modelled): null.
  */
 export function folioVma(folios: FolioTable, head: number): VmArea | null {
   const i = folios.idx(head);
+  if ((folios.flags[i] & PG_ksm) !== 0) return null;
   const av = folios.mappings[folios.mapping[i]] as AnonVma | null | undefined;
   if (av === null || av === undefined) return null;
   const index = folios.index[i];
@@ -497,6 +501,12 @@ export class MmStruct {
         if (level !== vma.level) throw new Error(`assertion: level-${level} leaf in a level-${vma.level} area`);
         if (write && (lo & _PAGE_RW) === 0) {
           if (!vma.writable) return false;
+          // do_wp_page: a shared folio is copied (below, outside the PTE lock); an exclusive one is reused.
+          if (this.wpMustCopy(this.leafPfn(hva))) {
+            mem.preempt = preempt; // wp_page_copy drops the PTE lock to allocate and to notify
+            return this.runAtomic('COW break (wp_page_copy)', this.wpPageCopy(vma, hva));
+          }
+          // wp_page_reuse: the same folio, made writable, young and dirty in place; no notifier.
           mem.or64(pt.entry, _PAGE_RW | _PAGE_ACCESSED | _PAGE_DIRTY | _PAGE_SOFT_DIRTY, 0);
         } else {
           mem.or64(pt.entry, _PAGE_ACCESSED | (write ? _PAGE_DIRTY | _PAGE_SOFT_DIRTY : 0), 0);
@@ -515,6 +525,89 @@ export class MmStruct {
     } finally {
       mem.preempt = preempt;
     }
+  }
+
+  /**
+   * do_wp_page's choice for a write fault on a present read-only PTE in a
+   * writable area: copy when the folio is KSM (folio_test_ksm: never
+   * reused) or mapped more than once (wp_can_reuse_anon_folio fails on the
+   * extra references); otherwise wp_page_reuse. The model has no GUP pins,
+   * so an exclusive folio's refcount never stands in the way.
+   */
+  private wpMustCopy(pfn: number): boolean {
+    const f = this.folios;
+    const head = f.folioOf(pfn);
+    const i = f.idx(head);
+    if ((f.flags[i] & PG_ksm) === 0 && f.mapcount[i] <= 1) return false;
+    if (f.order(head) !== 0) throw new Error('assertion: COW of a large folio (THP split is not modelled)');
+    return true;
+  }
+
+  /**
+   * Runs an mm program that fires notifiers from a synchronous path (a
+   * fault: GUP or the host CPU). Outside a scheduler a program runs
+   * straight through; under the seeded scheduler it could spin on a lock
+   * the preempted holder never releases, so that is refused.
+   */
+  private runAtomic<T>(what: string, program: Program<T>): T {
+    if (this.mem.yields || this.mem.preempt !== null) throw new Error(`${what} under the seeded scheduler is not modelled`);
+    return runProgram(program);
+  }
+
+  /** COW breaks: wp_page_copy runs that installed a copy. */
+  cowCopies = 0;
+
+  /**
+   * wp_page_copy for a 4K page: allocate a new folio and copy the old
+   * page's content (its token) before the notifier, then a CLEAR
+   * invalidation over the one page (mm.md section 6: "COW fault
+   * (wp_page_copy): CLEAR, one page"): invalidate_range_start, under the
+   * PTE lock the new folio is made exclusive anon (folio_add_new_anon_rmap)
+   * and put on the LRU, the old PTE cleared and flushed (ptep_clear_flush),
+   * the new one installed writable, young and dirty (maybe_mkwrite,
+   * pte_mkdirty), the old mapping dropped (folio_remove_rmap_pte);
+   * invalidate_range_end; then the old folio's reference is put, freeing it
+   * on the last. Leaves the new entry in `pt`.
+   */
+  private *wpPageCopy(vma: VmArea, hva: number): Program<boolean> {
+    const addr = Math.floor(hva / PAGE_SIZE) * PAGE_SIZE;
+    const f = this.folios;
+    const mem = this.mem;
+    const pt = this.pt;
+    pt.walk(addr);
+    const orig = { lo: pt.lo, hi: pt.hi };
+    const oldPfn = this.leafPfn(addr);
+    const old = f.folioOf(oldPfn);
+    const pfn = this.pages.allocPage() / PAGE_SIZE;
+    const i = f.idx(pfn);
+    f.token[i] = f.token[f.idx(oldPfn)]; // __wp_page_copy_user
+    const range = mmuNotifierRangeInit(MmuNotifierEvent.Clear, MMU_NOTIFIER_RANGE_BLOCKABLE, addr, addr + PAGE_SIZE);
+    yield* this.notifiers.invalidateRangeStart(range);
+    pt.walk(addr);
+    if (pt.lo !== orig.lo || pt.hi !== orig.hi) {
+      // !pte_same: someone changed the entry meanwhile; drop the copy, the fault is retried.
+      yield* this.notifiers.invalidateRangeEnd(range);
+      this.putFolio(pfn);
+      pt.walk(hva);
+      return true;
+    }
+    const entry = pt.entry;
+    f.flags[i] |= PG_anon | PG_swapbacked | PG_uptodate;
+    f.mapping[i] = vma.anonVma;
+    f.index[i] = vma.pgoff + (addr - vma.start) / PAGE_SIZE;
+    f.mapcount[i] = 1;
+    if (this.lruAddNew !== null) this.lruAddNew(pfn, vma, addr);
+    else f.lruAdd(pfn, LruList.InactiveAnon);
+    mem.xchg64(entry, 0, 0); // ptep_clear_flush
+    this.cpu.flushAll();
+    this.notifiers.archInvalidateSecondaryTlbs(addr, addr + PAGE_SIZE);
+    mem.store64(entry, pfnLo(pfn, LEAF_RW), pfnHi(pfn) | _PAGE_NX_HI);
+    f.mapcount[f.idx(old)]--; // folio_remove_rmap_pte
+    this.cowCopies++;
+    yield* this.notifiers.invalidateRangeEnd(range);
+    this.putFolio(old);
+    pt.walk(hva);
+    return true;
   }
 
   /** do_anonymous_page / do_huge_pmd_anonymous_page: a new folio, on the LRU, mapped by the entry at `entry`. */
@@ -787,15 +880,20 @@ export class MmStruct {
     return this.folios.token[this.folios.idx(Math.floor(hpa / PAGE_SIZE))];
   }
 
-  /** A write of new data into the frame at hpa, which must be mapped in this mm; returns the new token. */
-  recordWrite(hpa: number): number {
+  /**
+   * A write of new data into the frame at hpa, which must be mapped in this
+   * mm; returns the new token. `content` writes the same bytes an earlier
+   * write stored (its token), so two pages can hold equal content, as KSM
+   * needs; by default the data is new (a fresh token).
+   */
+  recordWrite(hpa: number, content?: number): number {
     const f = this.folios;
     const pfn = Math.floor(hpa / PAGE_SIZE);
     const head = f.folioOf(pfn);
     const vma = folioVma(f, head);
     if (vma === null || vma.mm !== this) throw new Error(`assertion: frame 0x${pfn.toString(16)} is not mapped by this mm`);
     const page = f.index[f.idx(head)] - vma.pgoff + (pfn - head);
-    const token = (f.tokenSeq = (f.tokenSeq + 1) >>> 0 || 1);
+    const token = content ?? (f.tokenSeq = (f.tokenSeq + 1) >>> 0 || 1);
     f.token[f.idx(pfn)] = token;
     // New data makes the folio dirty: KVM marks a folio it maps writable dirty (kvm_release_faultin_page,
     // 6.13+), which this KVM model only counts; without it a clean swap-cache folio would be dropped unwritten.

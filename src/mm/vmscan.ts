@@ -16,7 +16,7 @@
  * large folios are kept).
  */
 import {
-  LruList, LRU_REFS_MASK, PG_active, PG_dirty, PG_referenced, PG_swapbacked, PG_swapcache, PG_unevictable, PG_workingset, type FolioTable,
+  LruList, LRU_REFS_MASK, PG_active, PG_dirty, PG_ksm, PG_referenced, PG_swapbacked, PG_swapcache, PG_unevictable, PG_workingset, type FolioTable,
 } from './folio.js';
 import { PAGE_SIZE, VM_EXEC, VM_LOCKED, type MmStruct } from './mm.js';
 import type { Program } from './mmu_notifier.js';
@@ -203,7 +203,8 @@ export class Reclaimer {
     };
     for (const head of heads) {
       const nr = 2 ** f.order(head);
-      if (f.test(head, PG_unevictable)) {
+      if (f.test(head, PG_unevictable) || f.test(head, PG_ksm)) {
+        // A KSM page is put back: its sharers are found by rmap_walk_ksm, which is not modelled.
         remaining.push(head);
         continue;
       }

@@ -64,6 +64,8 @@ export const COUNTERS = [
   'cmpxchg_failed', 'aged', 'age_lost', 'splits', 'host_faults', 'pfn_dirtied',
   // host mm (docs/mm.md)
   'evicted', 'refaults', 'swap_outs', 'swap_ins', 'kswapd_wakeups', 'lru_pages', 'notifier_calls',
+  // KSM and COW (docs/mm.md): /sys/kernel/mm/ksm pages_shared and pages_sharing, wp_page_copy runs
+  'ksm_pages_shared', 'ksm_pages_sharing', 'cow_copies',
   ...NOTIFIER_OPS.map((o) => `calls_${o}` as const),
   ...NOTIFIER_EVENTS.map((e) => `event_${e}` as const),
   // the secondary-MMU policy's cost and benefit (MGLRU; docs/mm.md)
@@ -159,6 +161,7 @@ export const VERBS: Record<string, VerbSpec> = {
         keys: {
           gpa: u64, lru: { t: 'enum', values: ['active', 'inactive', 'none'] }, gen: { t: 'int', min: 0, max: 3 },
           referenced: bit, idle: bit, young: bit, dirty: bit, swapped: bit, workingset: bit, mapped: bit,
+          ksm: bit, mapcount: count,
         },
         required: ['gpa'],
         scope: 'vm',
@@ -241,6 +244,8 @@ export const VERBS: Record<string, VerbSpec> = {
   madvise_free: { keys: { gpa: u64, size }, required: ['gpa', 'size'], scope: 'vm' },
   /** migrate_pages of the folio backing the guest page at gpa: CLEAR, migration entry, new frame (classic LRU, 4K host pages). */
   migrate: { keys: { gpa: u64 }, required: ['gpa'], scope: 'vm' },
+  /** MADV_MERGEABLE on a gpa range, then one ksmd pass over it: resident pages of equal content merged into KSM pages (4K host pages). */
+  ksm_merge: { keys: { gpa: u64, size }, required: ['gpa', 'size'], scope: 'vm' },
   /** echo 4 > /proc/PID/clear_refs for the VMM: SOFT_DIRTY over the whole mm, every PTE write-protected and soft-clean. */
   clear_soft_dirty: { keys: {}, scope: 'vm' },
   /** /sys/kernel/mm/page_idle/bitmap for the frames backing a gpa range. */
@@ -257,6 +262,6 @@ export const VERBS: Record<string, VerbSpec> = {
 
 /** Verbs and `vm` keys that switch on the host-mm layer of a VM-level trace (reclaim, swap, data tokens). */
 export const MM_VERBS: readonly string[] = [
-  'reclaim', 'lru_age', 'mprotect', 'page_idle mark', 'page_idle read', 'expect folio', 'expect lru', 'expect data', 'madvise_free', 'migrate',
+  'reclaim', 'lru_age', 'mprotect', 'page_idle mark', 'page_idle read', 'expect folio', 'expect lru', 'expect data', 'madvise_free', 'migrate', 'ksm_merge',
 ];
 export const MM_VM_KEYS: readonly string[] = ['lru', 'policy', 'host_memory', 'swap'];

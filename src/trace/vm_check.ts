@@ -215,6 +215,15 @@ class VmChecker {
         if (u !== null) this.fail(c, 'gpa', `migrate: gpa ${hex(gpa)} is ${u.why}`);
         return;
       }
+      case 'ksm_merge': {
+        if (this.opts.hostLevel !== 1) this.fail(c, null, `ksm_merge: needs host_page=4k (huge folios are not split)`);
+        const gpa = num(c, 'gpa')!;
+        const size = num(c, 'size')!;
+        this.range(c, gpa, size, 4096);
+        const u = this.unmapped(gpa, size);
+        if (u !== null) this.fail(c, 'gpa', `ksm_merge: ENOMEM: gpa ${hex(u.gpa)} of the range ${hex(gpa)}+${hex(size)} is ${u.why}`);
+        return;
+      }
       case 'lru_age':
         if (!this.mglru) this.fail(c, null, `lru_age: an MGLRU aging pass needs lru=mglru on the vm line`);
         return;

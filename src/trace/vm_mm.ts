@@ -10,7 +10,8 @@
 import { runProgram } from '../hw/sched.js';
 import { kvmAgingCaps } from '../kvm/aging_caps.js';
 import { GUEST_HVA_BASE, type Kvm } from '../kvm/vm.js';
-import { LruList, PG_dirty, PG_idle, PG_referenced, PG_workingset } from '../mm/folio.js';
+import { LruList, PG_dirty, PG_idle, PG_ksm, PG_referenced, PG_workingset } from '../mm/folio.js';
+import { ksmCounts } from '../mm/ksm.js';
 import { Lruvec, lruGenFromSeq } from '../mm/mglru.js';
 import { MglruReclaimer, lruGenDebugfs } from '../mm/mglru_evict.js';
 import { PageIdle } from '../mm/page_idle.js';
@@ -182,6 +183,8 @@ export class MmSession {
       young: (lo & _PAGE_ACCESSED) !== 0 ? 1 : 0,
       dirty: f.test(head, PG_dirty) || (lo & _PAGE_DIRTY) !== 0 ? 1 : 0,
       workingset: f.test(head, PG_workingset) ? 1 : 0,
+      ksm: f.test(head, PG_ksm) ? 1 : 0,
+      mapcount: f.mapcount[f.idx(head)],
     };
   }
 
@@ -229,6 +232,9 @@ export class MmSession {
       case 'swap_ins': return this.swap.stats.swapins;
       case 'kswapd_wakeups': return this.reclaim.stats.kswapdWakeups;
       case 'lru_pages': return this.lruPages;
+      case 'ksm_pages_shared': return ksmCounts(this.kvm.mm.folios).pagesShared;
+      case 'ksm_pages_sharing': return ksmCounts(this.kvm.mm.folios).pagesSharing;
+      case 'cow_copies': return this.kvm.mm.cowCopies;
       case 'policy_calls': return this.policy?.stats.notifierCalls ?? 0;
       case 'policy_pages_asked': return this.policy?.stats.pagesAsked ?? 0;
       case 'policy_young': return this.policy?.stats.secondaryYoung ?? 0;

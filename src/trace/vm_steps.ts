@@ -15,6 +15,7 @@ import { spteToPfn } from '../kvm/spte.js';
 import { GUEST_HVA_BASE, Kvm, type GuestAccess } from '../kvm/vm.js';
 import { PG_swapcache } from '../mm/folio.js';
 import { madviseFree } from '../mm/madvise_free.js';
+import { ksmCounts, ksmScan } from '../mm/ksm.js';
 import { migrateFolio } from '../mm/migrate.js';
 import { mremap } from '../mm/mremap.js';
 import { clearSoftDirty } from '../mm/soft_dirty.js';
@@ -151,6 +152,13 @@ export class VmSession {
         const r = pfn === null || mm.folios.test(mm.folios.folioOf(pfn), PG_swapcache) ? null : runProgram(migrateFolio(mm, GUEST_HVA_BASE + gpa));
         if (r === null) return { line: s.line, op: 'migrate', gpa: hexNum(gpa), migrated: 0 };
         return { line: s.line, op: 'migrate', gpa: hexNum(gpa), migrated: 1, old_pfn: hexNum(r.oldPfn), new_pfn: hexNum(r.newPfn) };
+      }
+      case 'ksm_merge': {
+        const gpa = num(c, 'gpa')!;
+        const size = num(c, 'size')!;
+        const r = runProgram(ksmScan(kvm.mm, GUEST_HVA_BASE + gpa, GUEST_HVA_BASE + gpa + size));
+        const k = ksmCounts(kvm.mm.folios);
+        return { line: s.line, op: 'ksm_merge', gpa: hexNum(gpa), size: hexNum(size), scanned: r.scanned, merged: r.merged, freed: r.freed.length, pages_shared: k.pagesShared, pages_sharing: k.pagesSharing };
       }
       case 'clear_soft_dirty': {
         const r = runProgram(clearSoftDirty(kvm.mm));
