@@ -216,7 +216,6 @@ class VmChecker {
         return;
       }
       case 'ksm_merge': {
-        if (this.opts.hostLevel !== 1) this.fail(c, null, `ksm_merge: needs host_page=4k (huge folios are not split)`);
         const gpa = num(c, 'gpa')!;
         const size = num(c, 'size')!;
         this.range(c, gpa, size, 4096);

@@ -58,3 +58,21 @@ describe('host-mm verbs: parsing', () => {
     expect(err(VM + 'expect counter swap_outz=1\n')).toMatch(/^t\.trace:2:16: expect counter: unknown key 'swap_outz'/);
   });
 });
+
+describe('ksm_merge: parsing and checks', () => {
+  const V = 'vm tdp=ept memory=64K\n';
+  it('reads gpa and size, and counts as a host-mm verb', () => {
+    const t = parseTrace('t.trace', V + 'ksm_merge gpa=0x1000 size=8K\nexpect folio gpa=0x1000 ksm=1 mapcount=2\nexpect counter ksm_pages_shared=1 ksm_pages_sharing=1 cow_copies=0\n');
+    expect(t.commands[1].args.get('gpa')!.value.toString()).toBe('4096');
+    expect(t.commands[1].args.get('size')!.value.toString()).toBe('8192');
+    expect(usesMm(t)).toBe(true);
+  });
+
+  it('refuses bad ranges, missing keys and huge host pages before anything runs', () => {
+    expect(err(V + 'ksm_merge gpa=0x1000\n')).toMatch(/^t\.trace:2:1: ksm_merge: missing required key 'size'/);
+    expect(err(V + 'ksm_merge gpa=0x1001 size=4K\n')).toMatch(/^t\.trace:2:11: ksm_merge: /);
+    expect(err(V + 'ksm_merge gpa=0x20000 size=4K\n')).toMatch(/^t\.trace:2:11: ksm_merge: ENOMEM: gpa 0x20000 of the range 0x20000\+0x1000 is /);
+    expect(err('vm tdp=ept memory=4M host_page=2m\nksm_merge gpa=0 size=4K\n')).toBe('t.trace:2:1: ksm_merge: needs host_page=4k (the host-mm layer reclaims 4K folios only)');
+    expect(err(V + 'munmap gpa=0 size=8K\nksm_merge gpa=0 size=8K\n')).toMatch(/^t\.trace:3:11: ksm_merge: ENOMEM: gpa 0x0 of the range 0x0\+0x2000 is .*line 2/);
+  });
+});
