@@ -205,7 +205,6 @@ class VmChecker {
       case 'madvise_free':
       case 'migrate': {
         if (this.mglru) this.fail(c, null, `${c.verb}: not modelled with lru=mglru (lazyfree and migrated folios on MGLRU lists); use the classic LRU`);
-        if (this.opts.hostLevel !== 1) this.fail(c, null, `${c.verb}: needs host_page=4k (huge folios are not split)`);
         if (c.verb === 'madvise_free') return this.hostRange(c);
         const gpa = num(c, 'gpa')!;
         if (gpa % 4096 !== 0) this.fail(c, 'gpa', `migrate: gpa ${hex(gpa)} is not 4K aligned`);
