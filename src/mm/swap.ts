@@ -111,6 +111,13 @@ export class SwapDevice implements SwapHooks {
     return NONE;
   }
 
+  /** swap_duplicate for an entry fork copies (copy_nonpresent_pte): one more swap PTE names its slot. */
+  duplicatePte(lo: number, hi: number): void {
+    const slot = this.slotFromPte(lo, hi);
+    if (this.count[slot] <= 0) throw new Error(`assertion: swap PTE names free slot ${slot}`);
+    this.count[slot]++;
+  }
+
   /** swap_duplicate: one more swap PTE names the folio's slot (try_to_unmap_one). */
   duplicate(slot: number): void {
     this.count[slot]++;
