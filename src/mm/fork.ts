@@ -8,10 +8,11 @@
  *
  * Mirrored, per parent area in address order:
  * - vm_area_dup + anon_vma_fork: the child's area has the same range,
- *   flags and vm_pgoff, its own anon_vma (for the folios it faults in
- *   later) and is linked on the parent's anon_vma chain too, so the rmap of
- *   a folio the parent faulted in finds both areas (folioVmas). The data
- *   tokens (what each page must read) are copied.
+ *   flags (VM_LOCKED dropped: mlock is not inherited) and vm_pgoff, its own
+ *   anon_vma (for the folios it faults in later) and, when the parent's
+ *   area has an anon_vma, is linked on the parent's anon_vma chain too, so
+ *   the rmap of a folio the parent faulted in finds both areas
+ *   (folioVmas). The data tokens (what each page must read) are copied.
  * - vma_needs_copy: the page tables are copied only when the parent's
  *   area has an anon_vma (anon_vma_prepare ran: something was faulted in
  *   once, even if it was zapped since). Otherwise the child faults its
@@ -43,7 +44,7 @@
  * uses, copy_present_page for pinned folios.
  */
 import { PG_anon } from './folio.js';
-import { MmStruct, PAGE_SIZE, type AnonVma, type VmArea } from './mm.js';
+import { MmStruct, PAGE_SIZE, VM_LOCKED, type AnonVma, type VmArea } from './mm.js';
 import { MmuNotifierEvent, ULONG_MAX, mmuNotifierRangeInit, type Program } from './mmu_notifier.js';
 import {
   _PAGE_ACCESSED, _PAGE_PRESENT, _PAGE_RW, _PAGE_SWP_EXCLUSIVE, entryAddr, type LeafVisitor,
@@ -77,10 +78,14 @@ export function* dupMmap(parent: MmStruct): Program<{ child: MmStruct; stats: Fo
     const dst: VmArea = {
       mm: child, start: src.start, end: src.end, pgoff: src.pgoff, writable: src.writable, level: src.level, anonVma: av.id,
       tokens: src.tokens === null ? null : src.tokens.slice(),
-      anonChain: [...(src.anonChain ?? []), src.anonVma],
     };
-    if (src.vmFlags !== undefined) dst.vmFlags = src.vmFlags;
-    if (src.hasAnonVma === true) dst.hasAnonVma = true;
+    // anon_vma_fork does nothing for a parent area without an anon_vma: the child's gets its own at its first fault.
+    if (src.hasAnonVma === true) {
+      dst.hasAnonVma = true;
+      dst.anonChain = [...(src.anonChain ?? []), src.anonVma];
+    }
+    // The child does not inherit mlock (vm_flags_clear of VM_LOCKED_MASK).
+    if (src.vmFlags !== undefined) dst.vmFlags = src.vmFlags & ~VM_LOCKED;
     child.insertVma(dst);
     stats.vmas++;
     if (src.hasAnonVma !== true) continue; // vma_needs_copy: no anon_vma, nothing to copy
@@ -121,10 +126,12 @@ function* copyPageRange(parent: MmStruct, child: MmStruct, src: VmArea, stats: F
       f.get(head); // folio_get
       f.mapcount[i]++; // folio_try_dup_anon_rmap_pte
       if ((lo & _PAGE_RW) !== 0) {
-        mem.and64(e, ~_PAGE_RW, -1); // ptep_set_wrprotect: atomic, the hardware may have set D meanwhile
-        childLo = mem.lo & ~_PAGE_RW;
+        // wrprotect_ptes in the parent: an atomic clear of RW, so a D the hardware sets meanwhile stays in the
+        // parent's entry; the child's is made from the value read before (pte_wrprotect of it).
+        mem.and64(e, ~_PAGE_RW, -1);
+        childLo = lo & ~_PAGE_RW;
       }
-      childLo &= ~_PAGE_ACCESSED; // pte_mkold
+      childLo &= ~_PAGE_ACCESSED; // pte_mkold; dirty stays (a private mapping: pte_mkclean is for VM_SHARED only)
       stats.ptes++;
     }
     mem.store64(child.pt.entryFor(addr, 1), childLo, hi); // set_ptes into the child's (new) page table
