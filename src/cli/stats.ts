@@ -45,6 +45,13 @@ export function statsRows(runner: Runner, accesses: number): [string, number][] 
     if (v !== undefined) rows.push([`  event ${ev}`, v]);
   }
   const mm = vm.mm;
+  if (vm.forkStats.forks > 0) {
+    rows.push(['forks', vm.forkStats.forks]);
+    rows.push(['  PTEs shared copy-on-write', vm.forkStats.ptes]);
+    rows.push(['  swap entries shared', vm.forkStats.swapEntries]);
+    rows.push(['COW copies by the VMM (wp_page_copy)', k.mm.cowCopies]);
+    if (mm !== null) rows.push(['shared folios kept by reclaim', mm.reclaim.stats.keptShared]);
+  }
   if (mm !== null) {
     rows.push(['resident guest pages (LRU)', mm.lruPages]);
     rows.push(['kswapd wakeups', mm.reclaim.stats.kswapdWakeups]);

@@ -77,6 +77,7 @@ export function* migrateFolio(mm: MmStruct, hva: number, observe?: (phase: 'migr
   const src = f.folioOf(pfn);
   const si = f.idx(src);
   if ((f.flags[si] & PG_ksm) !== 0) return null; // a KSM page: its sharers' rmap (rmap_walk_ksm) is not modelled
+  if (f.mapcount[si] > 1) return null; // shared with a forked child: try_to_migrate of every mapping is not modelled, the folio stays
   if (f.order(src) !== 0) throw new RangeError('migrate: large folios are not modelled');
   if ((f.flags[si] & PG_swapcache) !== 0) throw new RangeError('migrate: swap-cache folios are not modelled');
   const vma = folioVma(f, src);

@@ -60,12 +60,26 @@ export interface VmArea {
   tokens: Uint32Array | null;
   /** vm_flags bits beyond VM_WRITE that reclaim reads (VM_LOCKED, VM_EXEC, VM_SEQ_READ, VM_RAND_READ); absent means none. */
   vmFlags?: number;
+  /**
+   * vma->anon_vma is set (anon_vma_prepare ran: a page was faulted in once).
+   * The model registers the anon_vma at mmap, but fork copies the page
+   * tables only of areas where the kernel's would exist (vma_needs_copy).
+   */
+  hasAnonVma?: boolean;
+  /**
+   * The anon_vma_chain beyond `anonVma` (anon_vma_fork): the anon_vmas of
+   * the areas this one was forked from, oldest first. The area is on each
+   * of their lists too, so the rmap of a folio its parent faulted in finds
+   * it.
+   */
+  anonChain?: readonly number[];
 }
 
 /**
- * An anon_vma with its anon_vma_chain: every area whose folios it maps. No
- * fork here, so the areas' pgoff ranges never overlap and a folio has at
- * most one area (folioVma).
+ * An anon_vma with its anon_vma_chain: every area whose folios it may map.
+ * Without fork the areas' pgoff ranges never overlap and a folio has at most
+ * one area; after fork (fork.ts) the child's areas are on the parent's
+ * anon_vma too, so one index can be covered by an area of each mm.
  */
 export interface AnonVma {
   readonly id: number;
@@ -94,19 +108,49 @@ export function vmaAddress(vma: VmArea, index: number): number {
 }
 
 /**
- * rmap_walk_anon for one folio: the area on its anon_vma whose pgoff range
- * holds folio->index, or null (no anon_vma, or that part was unmapped). A
- * KSM folio (PG_ksm) has a stable node, not an anon_vma, and its sharers
- * are not walked here (rmap_walk_ksm is not modelled): null.
+ * rmap_walk_anon's VMA list for one folio: every area on its anon_vma
+ * whose pgoff range holds folio->index (anon_vma_interval_tree_foreach),
+ * in chain order (the parent's before its forked children's); empty with
+ * no anon_vma. A KSM folio (PG_ksm) has a stable node, not an anon_vma,
+ * and its sharers are not walked here (rmap_walk_ksm is not modelled):
+ * empty. Whether an area's PTE really maps the folio is the caller's
+ * check (page_vma_mapped_walk).
+ */
+export function folioVmas(folios: FolioTable, head: number): VmArea[] {
+  const i = folios.idx(head);
+  if ((folios.flags[i] & PG_ksm) !== 0) return [];
+  const av = folios.mappings[folios.mapping[i]] as AnonVma | null | undefined;
+  if (av === null || av === undefined) return [];
+  const index = folios.index[i];
+  const out: VmArea[] = [];
+  for (const v of av.vmas) if (index >= v.pgoff && index < v.pgoff + vmaPages(v)) out.push(v);
+  return out;
+}
+
+/** Whether the area's entry at the folio's address maps a page of the folio (page_vma_mapped_walk's check; walks vma.mm.pt). */
+export function vmaMapsFolio(folios: FolioTable, vma: VmArea, head: number): boolean {
+  const pfn = vma.mm.lookup(vmaAddress(vma, folios.index[folios.idx(head)]));
+  return pfn !== null && folios.folioOf(pfn) === head;
+}
+
+/**
+ * The one area a folio belongs to, for the paths that handle a folio with
+ * a single mapping (reclaim's eviction, migration, MADV_FREE, the data
+ * tokens): the area of folioVmas when there is one; after fork, when the
+ * index is covered in several mms, the one whose PTE maps the folio, and
+ * null when several do (a folio shared by parent and child: those paths
+ * keep it) or none does. Null for a KSM folio or one with no anon_vma.
  */
 export function folioVma(folios: FolioTable, head: number): VmArea | null {
-  const i = folios.idx(head);
-  if ((folios.flags[i] & PG_ksm) !== 0) return null;
-  const av = folios.mappings[folios.mapping[i]] as AnonVma | null | undefined;
-  if (av === null || av === undefined) return null;
-  const index = folios.index[i];
-  for (const v of av.vmas) if (index >= v.pgoff && index < v.pgoff + vmaPages(v)) return v;
-  return null;
+  const vmas = folioVmas(folios, head);
+  if (vmas.length <= 1) return vmas[0] ?? null;
+  let found: VmArea | null = null;
+  for (const v of vmas) {
+    if (!vmaMapsFolio(folios, v, head)) continue;
+    if (found !== null) return null;
+    found = v;
+  }
+  return found;
 }
 
 /** vm_flags bits (include/linux/mm.h values) that reference collection looks at. */
@@ -128,6 +172,8 @@ export interface SwapHooks {
   token(lo: number, hi: number): number;
   /** folio_free_swap: drop a cached folio's slot when no swap PTE names it (MADV_FREE uses it); false if still in use. */
   freeSwap?(head: number): boolean;
+  /** swap_duplicate: fork copies the swap entry lo:hi into the child (one more swap PTE names its slot). */
+  duplicatePte?(lo: number, hi: number): void;
 }
 
 /** One mismatch of checkIntegrity: what the page should hold and what a read would return. */
@@ -148,6 +194,13 @@ function levelBytes(level: HostLevel): number {
 
 function hex(n: number): string {
   return `0x${n.toString(16)}`;
+}
+
+/** The optional fields a piece of an area keeps (__split_vma, copy_vma): vm_flags, the anon_vma state and chain. */
+function copyVmaExtras(from: VmArea, to: VmArea): void {
+  if (from.vmFlags !== undefined) to.vmFlags = from.vmFlags;
+  if (from.hasAnonVma !== undefined) to.hasAnonVma = from.hasAnonVma;
+  if (from.anonChain !== undefined) to.anonChain = from.anonChain;
 }
 
 /** Where top-down get_unmapped_area starts (mm->mmap_base); the KVM model maps guest memory at and above it. */
@@ -221,19 +274,28 @@ export class MmStruct {
     return this.folios.mappings[v.anonVma] as AnonVma;
   }
 
-  /** Links an area into the list (kept sorted) and into its anon_vma's chain. */
-  private insertVma(v: VmArea): void {
+  /** The anon_vmas whose lists hold the area (its anon_vma_chain): the forked-from ones, then its own. */
+  private chainOf(v: VmArea): AnonVma[] {
+    const own = this.anonVmaOf(v);
+    return v.anonChain === undefined ? [own] : [...v.anonChain.map((id) => this.folios.mappings[id] as AnonVma), own];
+  }
+
+  /**
+   * Links an area into the list (kept sorted) and into every anon_vma of
+   * its chain (anon_vma_chain_link). fork.ts links the child's areas here.
+   */
+  insertVma(v: VmArea): void {
+    if (v.mm !== this) throw new Error('assertion: linking another mm\'s area');
     let i = 0;
     while (i < this.vmas.length && this.vmas[i].start < v.start) i++;
     this.vmas.splice(i, 0, v);
-    this.anonVmaOf(v).vmas.push(v);
+    for (const av of this.chainOf(v)) av.vmas.push(v);
   }
 
-  /** Unlinks an area from the list and from its anon_vma's chain. */
+  /** Unlinks an area from the list and from every anon_vma of its chain (unlink_anon_vmas). */
   private removeVma(v: VmArea): void {
     this.vmas.splice(this.vmas.indexOf(v), 1);
-    const chain = this.anonVmaOf(v).vmas;
-    chain.splice(chain.indexOf(v), 1);
+    for (const av of this.chainOf(v)) av.vmas.splice(av.vmas.indexOf(v), 1);
   }
 
   /**
@@ -281,7 +343,7 @@ export class MmStruct {
       mm: this, start: addr, end: vma.end, pgoff: vma.pgoff + k, writable: vma.writable, level: vma.level, anonVma: vma.anonVma,
       tokens: vma.tokens === null ? null : vma.tokens.slice(k),
     };
-    if (vma.vmFlags !== undefined) upper.vmFlags = vma.vmFlags;
+    copyVmaExtras(vma, upper);
     vma.tokens = vma.tokens === null ? null : vma.tokens.slice(0, k);
     vma.end = addr;
     this.insertVma(upper);
@@ -291,7 +353,7 @@ export class MmStruct {
   /** is_mergeable_vma + is_mergeable_anon_vma + contiguous vm_pgoff: b may be folded into a, its left neighbour. */
   private canMerge(a: VmArea, b: VmArea): boolean {
     return a.end === b.start && a.writable === b.writable && (a.vmFlags ?? 0) === (b.vmFlags ?? 0) && a.level === b.level &&
-      a.anonVma === b.anonVma && a.pgoff + vmaPages(a) === b.pgoff;
+      a.anonVma === b.anonVma && a.pgoff + vmaPages(a) === b.pgoff && a.anonChain === b.anonChain;
   }
 
   /** a takes over b's range and tokens (vma_expand + the removal of b). */
@@ -303,6 +365,7 @@ export class MmStruct {
       a.tokens = t;
     }
     a.end = b.end;
+    if (b.hasAnonVma === true) a.hasAnonVma = true;
     this.removeVma(b);
   }
 
@@ -356,7 +419,7 @@ export class MmStruct {
    */
   copyVma(vma: VmArea, oldStart: number, moveLength: number, newStart: number, length: number): VmArea {
     const neu: VmArea = { mm: this, start: newStart, end: newStart + length, pgoff: vma.pgoff + (oldStart - vma.start) / PAGE_SIZE, writable: vma.writable, level: vma.level, anonVma: vma.anonVma, tokens: null };
-    if (vma.vmFlags !== undefined) neu.vmFlags = vma.vmFlags;
+    copyVmaExtras(vma, neu);
     if (vma.tokens !== null) {
       const from = (oldStart - vma.start) / PAGE_SIZE;
       neu.tokens = new Uint32Array(length / PAGE_SIZE);
@@ -592,6 +655,7 @@ export class MmStruct {
       return true;
     }
     const entry = pt.entry;
+    vma.hasAnonVma = true; // vmf_anon_prepare
     f.flags[i] |= PG_anon | PG_swapbacked | PG_uptodate;
     f.mapping[i] = vma.anonVma;
     f.index[i] = vma.pgoff + (addr - vma.start) / PAGE_SIZE;
@@ -617,6 +681,7 @@ export class MmStruct {
     const pfn = this.pages.allocPages(vma.level === 1 ? 0 : vma.level === 2 ? 9 : 18) / PAGE_SIZE;
     const f = this.folios;
     const i = f.idx(pfn);
+    vma.hasAnonVma = true; // anon_vma_prepare
     // folio_add_new_anon_rmap: exclusive anon, mapped once, the allocation's reference is the mapping's.
     f.flags[i] |= PG_anon | PG_swapbacked | PG_uptodate;
     f.mapping[i] = vma.anonVma;
@@ -890,8 +955,8 @@ export class MmStruct {
     const f = this.folios;
     const pfn = Math.floor(hpa / PAGE_SIZE);
     const head = f.folioOf(pfn);
-    const vma = folioVma(f, head);
-    if (vma === null || vma.mm !== this) throw new Error(`assertion: frame 0x${pfn.toString(16)} is not mapped by this mm`);
+    const vma = folioVmas(f, head).find((v) => v.mm === this);
+    if (vma === undefined) throw new Error(`assertion: frame 0x${pfn.toString(16)} is not mapped by this mm`);
     const page = f.index[f.idx(head)] - vma.pgoff + (pfn - head);
     const token = content ?? (f.tokenSeq = (f.tokenSeq + 1) >>> 0 || 1);
     f.token[f.idx(pfn)] = token;

@@ -17,7 +17,7 @@
  */
 import type { PageAllocator } from './page_alloc.js';
 import { PG_anon, PG_idle, PG_locked, PG_lru, PG_tail, PG_young, type FolioTable } from './folio.js';
-import { PAGE_SIZE, folioVma, vmaAddress, type MmStruct, type VmArea } from './mm.js';
+import { PAGE_SIZE, folioVmas, vmaAddress, type MmStruct, type VmArea } from './mm.js';
 import { EINVAL, type Program } from './mmu_notifier.js';
 import { PMD_SIZE, _PAGE_ACCESSED, entryAddr } from './pgtable.js';
 
@@ -118,10 +118,9 @@ export class PageIdle {
     }
   }
 
-  /** rmap_walk_anon's VMA list: the area of the folio's anon_vma covering its index (no fork: at most one). */
+  /** rmap_walk_anon's VMA list: the areas of the folio's anon_vma covering its index (after fork, one per mm). */
   private vmasOf(head: number): VmArea[] {
-    const v = folioVma(this.folios, head);
-    return v === null ? [] : [v];
+    return folioVmas(this.folios, head);
   }
 
   /**

@@ -9,7 +9,7 @@
  * mapping PTE with a swap entry inside a CLEAR invalidation (mm.md 6).
  */
 import { PG_dirty, PG_idle, PG_young, PG_swapcache, type FolioTable } from './folio.js';
-import { PAGE_SIZE, VM_LOCKED, VM_RAND_READ, VM_SEQ_READ, folioVma, vmaAddress, type VmArea } from './mm.js';
+import { PAGE_SIZE, VM_LOCKED, VM_RAND_READ, VM_SEQ_READ, folioVmas, vmaAddress, type VmArea } from './mm.js';
 import { MMU_NOTIFIER_RANGE_BLOCKABLE, MmuNotifierEvent, mmuNotifierRangeInit, type Program } from './mmu_notifier.js';
 import {
   _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_SOFT_DIRTY, _PAGE_SWP_EXCLUSIVE, _PAGE_SWP_SOFT_DIRTY, entryAddr, levelSpan, swpEntryHi, swpEntryLo,
@@ -44,10 +44,9 @@ export class HostRmap {
     readonly swap: SwapDevice | null,
   ) {}
 
-  /** rmap_walk_anon's VMA list for a folio: the area of its anon_vma covering folio->index, if any. */
+  /** rmap_walk_anon's VMA list for a folio: the areas of its anon_vma covering folio->index (after fork, the parent's and the child's). */
   vmasOf(head: number): VmArea[] {
-    const v = folioVma(this.folios, head);
-    return v === null ? [] : [v];
+    return folioVmas(this.folios, head);
   }
 
   /** Address of the folio in a VMA (vma_address). */

@@ -111,6 +111,13 @@ export class SwapDevice implements SwapHooks {
     return NONE;
   }
 
+  /** swap_duplicate for an entry fork copies (copy_nonpresent_pte): one more swap PTE names its slot. */
+  duplicatePte(lo: number, hi: number): void {
+    const slot = this.slotFromPte(lo, hi);
+    if (this.count[slot] <= 0) throw new Error(`assertion: swap PTE names free slot ${slot}`);
+    this.count[slot]++;
+  }
+
   /** swap_duplicate: one more swap PTE names the folio's slot (try_to_unmap_one). */
   duplicate(slot: number): void {
     this.count[slot]++;
@@ -227,7 +234,9 @@ export class SwapDevice implements SwapHooks {
       head = mm.pages.allocPage() / PAGE_SIZE;
       const i = f.idx(head);
       f.flags[i] |= PG_anon | PG_swapbacked | PG_uptodate;
-      f.mapping[i] = vma.anonVma;
+      // __folio_set_anon: a folio that may be shared (a non-exclusive entry, after fork) takes the root
+      // anon_vma of the area's chain, the oldest, so the rmap finds every mm that maps it.
+      f.mapping[i] = (lo & _PAGE_SWP_EXCLUSIVE) !== 0 ? vma.anonVma : (vma.anonChain?.[0] ?? vma.anonVma);
       f.index[i] = vma.pgoff + (Math.floor(hva / PAGE_SIZE) * PAGE_SIZE - vma.start) / PAGE_SIZE;
       f.token[i] = this.tokens[slot];
       this.stats.pswpin++;

@@ -62,6 +62,8 @@ export interface ReclaimStats {
   unmapFailed: number;
   /** large folios left alone (THP split is not modelled). */
   skippedLarge: number;
+  /** folios mapped by a parent and its forked child, put back instead of unmapped (try_to_unmap of both is not modelled). */
+  keptShared: number;
   /** folio_check_references verdicts. */
   verdicts: [reclaim: number, reclaimClean: number, keep: number, activate: number];
   /** kswapd wakeups (balance() finding the low watermark breached). */
@@ -70,7 +72,7 @@ export interface ReclaimStats {
 
 export class Reclaimer {
   readonly stats: ReclaimStats = {
-    scanned: 0, evicted: 0, activated: 0, kept: 0, deactivated: 0, rotated: 0, refill: 0, unmapFailed: 0, skippedLarge: 0,
+    scanned: 0, evicted: 0, activated: 0, kept: 0, deactivated: 0, rotated: 0, refill: 0, unmapFailed: 0, skippedLarge: 0, keptShared: 0,
     verdicts: [0, 0, 0, 0], kswapdWakeups: 0,
   };
   /** MGLRU, when enabled. */
@@ -220,6 +222,12 @@ export class Reclaimer {
       }
       if (refs === FolioReferences.Keep) {
         this.stats.kept += nr;
+        remaining.push(head);
+        continue;
+      }
+      if (f.mapcount[f.idx(head)] > 1) {
+        // Mapped by a parent and its forked child: kept (put back). try_to_unmap of every mm's mapping is not modelled.
+        this.stats.keptShared += nr;
         remaining.push(head);
         continue;
       }

@@ -66,6 +66,8 @@ export const COUNTERS = [
   'evicted', 'refaults', 'swap_outs', 'swap_ins', 'kswapd_wakeups', 'lru_pages', 'notifier_calls',
   // KSM and COW (docs/mm.md): /sys/kernel/mm/ksm pages_shared and pages_sharing, wp_page_copy runs
   'ksm_pages_shared', 'ksm_pages_sharing', 'cow_copies',
+  // fork (docs/mm.md): dup_mmap runs, PTEs and swap entries they shared, folios reclaim kept because parent and child map them
+  'forks', 'fork_ptes', 'fork_swap_entries', 'kept_shared',
   ...NOTIFIER_OPS.map((o) => `calls_${o}` as const),
   ...NOTIFIER_EVENTS.map((e) => `event_${e}` as const),
   // the secondary-MMU policy's cost and benefit (MGLRU; docs/mm.md)
@@ -246,6 +248,12 @@ export const VERBS: Record<string, VerbSpec> = {
   migrate: { keys: { gpa: u64 }, required: ['gpa'], scope: 'vm' },
   /** MADV_MERGEABLE on a gpa range, then one ksmd pass over it: resident pages of equal content merged into KSM pages (4K host pages). */
   ksm_merge: { keys: { gpa: u64, size }, required: ['gpa', 'size'], scope: 'vm' },
+  /** fork() of the VMM (dup_mmap): a child mm sharing every anonymous page copy-on-write, the parent's PTEs write-protected; one child at a time. */
+  fork: { keys: {}, scope: 'vm' },
+  /** A store by the forked child at the hva of a guest page (gpa=) or at hva=: a COW break (wp_page_copy in the child), or a new page. */
+  child_write: { keys: { gpa: u64, hva: u64 }, scope: 'vm' },
+  /** The forked child exits (exit_mmap): its mappings go, the folios it shared are mapped once again. */
+  child_exit: { keys: {}, scope: 'vm' },
   /** echo 4 > /proc/PID/clear_refs for the VMM: SOFT_DIRTY over the whole mm, every PTE write-protected and soft-clean. */
   clear_soft_dirty: { keys: {}, scope: 'vm' },
   /** /sys/kernel/mm/page_idle/bitmap for the frames backing a gpa range. */
@@ -263,5 +271,8 @@ export const VERBS: Record<string, VerbSpec> = {
 /** Verbs and `vm` keys that switch on the host-mm layer of a VM-level trace (reclaim, swap, data tokens). */
 export const MM_VERBS: readonly string[] = [
   'reclaim', 'lru_age', 'mprotect', 'page_idle mark', 'page_idle read', 'expect folio', 'expect lru', 'expect data', 'madvise_free', 'migrate', 'ksm_merge',
+  'fork', 'child_write', 'child_exit',
 ];
+/** The fork verbs: the child they act on is the session's. */
+export const FORK_VERBS: readonly string[] = ['fork', 'child_write', 'child_exit'];
 export const MM_VM_KEYS: readonly string[] = ['lru', 'policy', 'host_memory', 'swap'];

@@ -15,7 +15,7 @@ import { mremap } from '../mm/mremap.js';
 import { PageAllocator } from '../mm/page_alloc.js';
 import { TraceError, type Command, type Trace } from './ast.js';
 import { canonical4, GuestMapError, GuestTables, pageLevelBytes, type LeafBits } from './guest_tables.js';
-import { MM_VERBS, MM_VM_KEYS, SPTE_BITS_EPT, SPTE_BITS_NPT } from './verbs.js';
+import { FORK_VERBS, MM_VERBS, MM_VM_KEYS, SPTE_BITS_EPT, SPTE_BITS_NPT } from './verbs.js';
 
 /** GUEST_HVA_BASE of src/kvm/vm.ts: where guest memory's hvas start (mremap targets stay below it). */
 const GUEST_MEMORY_HVA = 0x7f00_0000_0000;
@@ -92,6 +92,8 @@ class VmChecker {
   private readonly shadow: MmStruct;
   /** hva ranges taken away (munmap, the old range of a move or shrink, an MREMAP_FIXED target), latest last, for messages. */
   private readonly gone: { start: number; end: number; line: number }[] = [];
+  /** The line of the `fork` whose child is alive, or null. */
+  private childLine: number | null = null;
 
   constructor(readonly t: Trace) {
     const c = t.commands[0];
@@ -113,7 +115,10 @@ class VmChecker {
       const k = MM_VM_KEYS.find((x) => c.args.has(x));
       if (k !== undefined) this.fail(c, k, `vm: ${k}= needs host_page=4k (the host-mm layer reclaims 4K folios only)`);
       const m = t.commands.find((x) => MM_VERBS.includes(x.verb));
-      if (m !== undefined) this.fail(m, null, `${m.verb}: needs host_page=4k (the host-mm layer reclaims 4K folios only)`);
+      if (m !== undefined) {
+        const why = FORK_VERBS.includes(m.verb) ? 'fork copies 4K page tables only: copy_huge_pmd and the THP split a COW needs are not modelled' : 'the host-mm layer reclaims 4K folios only';
+        this.fail(m, null, `${m.verb}: needs host_page=4k (${why})`);
+      }
     }
     const mem = new PhysMem(40);
     this.shadow = new MmStruct(mem, new PageAllocator(mem, 0x100_0000, 0x100_0000));
@@ -222,6 +227,24 @@ class VmChecker {
         if (u !== null) this.fail(c, 'gpa', `ksm_merge: ENOMEM: gpa ${hex(u.gpa)} of the range ${hex(gpa)}+${hex(size)} is ${u.why}`);
         return;
       }
+      case 'fork':
+        if (this.mglru) this.fail(c, null, `fork: not modelled with lru=mglru (MGLRU's page-table walk and eviction would meet the child's mm); use the classic LRU`);
+        if (this.childLine !== null) this.fail(c, null, `fork: the child forked at line ${this.childLine} is still alive; one child at a time ('child_exit' first)`);
+        this.childLine = c.line;
+        return;
+      case 'child_write': {
+        if (this.childLine === null) this.fail(c, null, `child_write: no child (no 'fork' before, or it has exited)`);
+        const gpa = num(c, 'gpa');
+        const hva = num(c, 'hva');
+        if ((gpa === undefined) === (hva === undefined)) this.fail(c, null, `child_write: give the address as gpa= (the child's copy of guest memory) or hva=, one of them`);
+        if (gpa !== undefined && gpa >= GPA_LIMIT) this.fail(c, 'gpa', `child_write: gpa ${hex(gpa)} is beyond ${hex(GPA_LIMIT)}`);
+        if (hva !== undefined && (hva < 0x10000 || hva >= 2 ** 47 - 4096)) this.fail(c, 'hva', `child_write: hva ${hex(hva)} is not a user address (0x10000..0x7ffffffff000)`);
+        return;
+      }
+      case 'child_exit':
+        if (this.childLine === null) this.fail(c, null, `child_exit: no child (no 'fork' before, or it has exited)`);
+        this.childLine = null;
+        return;
       case 'lru_age':
         if (!this.mglru) this.fail(c, null, `lru_age: an MGLRU aging pass needs lru=mglru on the vm line`);
         return;

@@ -235,6 +235,7 @@ export class MmSession {
       case 'ksm_pages_shared': return ksmCounts(this.kvm.mm.folios).pagesShared;
       case 'ksm_pages_sharing': return ksmCounts(this.kvm.mm.folios).pagesSharing;
       case 'cow_copies': return this.kvm.mm.cowCopies;
+      case 'kept_shared': return this.reclaim.stats.keptShared;
       case 'policy_calls': return this.policy?.stats.notifierCalls ?? 0;
       case 'policy_pages_asked': return this.policy?.stats.pagesAsked ?? 0;
       case 'policy_young': return this.policy?.stats.secondaryYoung ?? 0;

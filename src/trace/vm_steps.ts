@@ -14,7 +14,9 @@ import { KVM_MEM_READONLY } from '../kvm/memslots.js';
 import { spteToPfn } from '../kvm/spte.js';
 import { GUEST_HVA_BASE, Kvm, type GuestAccess } from '../kvm/vm.js';
 import { PG_swapcache } from '../mm/folio.js';
+import { dupMmap } from '../mm/fork.js';
 import { madviseFree } from '../mm/madvise_free.js';
+import type { MmStruct } from '../mm/mm.js';
 import { ksmCounts, ksmScan } from '../mm/ksm.js';
 import { migrateFolio } from '../mm/migrate.js';
 import { mremap } from '../mm/mremap.js';
@@ -41,6 +43,10 @@ export class VmSession {
   private readonly out: GuestAccess = { result: new AccessResult(), exits: 0, userExit: null };
   /** An access's outcome as it completed, when the host mm's balancing runs after it. */
   private readonly kept: GuestAccess = { result: new AccessResult(), exits: 0, userExit: null };
+  /** The VMM's forked child (`fork`), until `child_exit`. It has no KVM: nothing subscribes to its notifiers. */
+  child: MmStruct | null = null;
+  /** What the `fork`s did, for the counters: dup_mmap runs, PTEs and swap entries shared. */
+  readonly forkStats = { forks: 0, ptes: 0, swapEntries: 0 };
 
   constructor(trace: Trace, events: { names: readonly string[]; sink: (name: string, fields: EventFields) => void } | null) {
     const o = vmOptions(trace.commands[0]);
@@ -160,6 +166,29 @@ export class VmSession {
         const k = ksmCounts(kvm.mm.folios);
         return { line: s.line, op: 'ksm_merge', gpa: hexNum(gpa), size: hexNum(size), scanned: r.scanned, merged: r.merged, freed: r.freed.length, pages_shared: k.pagesShared, pages_sharing: k.pagesSharing };
       }
+      case 'fork': {
+        const r = runProgram(dupMmap(kvm.mm));
+        this.child = r.child;
+        this.forkStats.forks++;
+        this.forkStats.ptes += r.stats.ptes;
+        this.forkStats.swapEntries += r.stats.swapEntries;
+        return { line: s.line, op: 'fork', vmas: r.stats.vmas, cow_vmas: r.stats.cowVmas, ptes: r.stats.ptes, swap_entries: r.stats.swapEntries };
+      }
+      case 'child_write': {
+        const child = this.child!;
+        const hva = num(c, 'hva') ?? GUEST_HVA_BASE + num(c, 'gpa')!;
+        const where: VmRecord = c.args.has('hva') ? { hva: hexNum(hva) } : { gpa: hexNum(hva - GUEST_HVA_BASE) };
+        const copies = child.cowCopies;
+        const hpa = child.access(hva, true); // the child's store on its CPU: #PF, handle_mm_fault, retry
+        if (hpa < 0) return { line: s.line, op: 'child_write', ...where, segv: 1 };
+        child.recordWrite(hpa);
+        this.mm?.balance();
+        return { line: s.line, op: 'child_write', ...where, segv: 0, pfn: hexNum(Math.floor(hpa / 4096)), copied: child.cowCopies - copies };
+      }
+      case 'child_exit':
+        runProgram(this.child!.exit());
+        this.child = null;
+        return null;
       case 'clear_soft_dirty': {
         const r = runProgram(clearSoftDirty(kvm.mm));
         return { line: s.line, op: 'clear_soft_dirty', ptes: r.ptes };
@@ -296,6 +325,9 @@ export class VmSession {
       case 'host_faults': return k.mm.faults;
       case 'pfn_dirtied': return s.pfnDirtied;
       case 'mmu_lock_held_read': return k.mmuLock.stats.readHeld;
+      case 'forks': return this.forkStats.forks;
+      case 'fork_ptes': return this.forkStats.ptes;
+      case 'fork_swap_entries': return this.forkStats.swapEntries;
       default:
         if (name.startsWith('mmu_lock_')) return mmuLockCounter(k.mmuLock.stats, name.slice(9)); return this.mm?.counter(name) ?? notifierCounter(k, name) ?? 0;
     }

@@ -219,3 +219,45 @@ describe('bad host-mm input: exit 2, FILE:LINE:COL, nothing run', () => {
     expect(r.stderr).toBe(`--stats: ${file} is a hardware-level trace ('machine'); the summary is of VM-level traces ('vm')\n`);
   });
 });
+
+describe('mmulab run: fork', () => {
+  const FORK = [
+    'vm tdp=ept memory=64K tlb=off', // 1
+    'cpu cr0=0x11', // 2
+    'access gva=0x0 write', // 3
+    'access gva=0x1000 write', // 4
+    'fork', // 5
+    'child_write gpa=0x1000', // 6
+    'child_write hva=0x10000', // 7: nothing mapped there
+    'access gva=0x0 write', // 8: COW copy in the VMM
+    'child_exit', // 9
+    '',
+  ].join('\n');
+
+  it('--json --stats: the fork and child_write records, and the fork rows of the summary', () => {
+    const r = cli(['run', '--json', '--stats', write('fork.trace', FORK)]);
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    const lines = r.stdout.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    const ops = lines.filter((l) => l.op !== 'access');
+    expect(ops[0]).toEqual({ line: 5, op: 'fork', vmas: 1, cow_vmas: 1, ptes: 2, swap_entries: 0 });
+    expect(ops[1]).toMatchObject({ line: 6, op: 'child_write', gpa: '0x1000', segv: 0, copied: 1 });
+    expect(ops[2]).toEqual({ line: 7, op: 'child_write', hva: '0x10000', segv: 1 });
+    const stats = (ops.at(-1) as { stats: Record<string, number> }).stats;
+    expect(stats['forks']).toBe(1);
+    expect(stats['PTEs shared copy-on-write']).toBe(2);
+    expect(stats['swap entries shared']).toBe(0);
+    expect(stats['COW copies by the VMM (wp_page_copy)']).toBe(1);
+    expect(stats['shared folios kept by reclaim']).toBe(0);
+    expect(stats['event MMU_NOTIFY_PROTECTION_PAGE']).toBe(2);
+    expect(stats['event MMU_NOTIFY_CLEAR']).toBe(2);
+  });
+
+  it('a second fork while the child lives: exit 2, FILE:LINE:COL, nothing run', () => {
+    const file = write('fork2.trace', 'vm tdp=ept memory=64K\nfork\nfork\n');
+    const r = cli(['run', file]);
+    expect(r.status).toBe(2);
+    expect(r.stdout).toBe('');
+    expect(r.stderr).toBe(`${file}:3:1: fork: the child forked at line 2 is still alive; one child at a time ('child_exit' first)\n`);
+  });
+});

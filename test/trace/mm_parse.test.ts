@@ -76,3 +76,36 @@ describe('ksm_merge: parsing and checks', () => {
     expect(err(V + 'munmap gpa=0 size=8K\nksm_merge gpa=0 size=8K\n')).toMatch(/^t\.trace:3:11: ksm_merge: ENOMEM: gpa 0x0 of the range 0x0\+0x2000 is .*line 2/);
   });
 });
+
+describe('fork, child_write, child_exit: parsing and checks', () => {
+  const V = 'vm tdp=ept memory=64K\n';
+  it('reads the verbs and their keys, and counts as host-mm verbs', () => {
+    const t = parseTrace(
+      't.trace',
+      V + 'fork\nchild_write gpa=0x1000\nchild_write hva=0x7f0000002000\nchild_exit\nfork\n' +
+        'expect counter forks=2 fork_ptes=0 fork_swap_entries=0 kept_shared=0 cow_copies=0 event_protection_page=0\n',
+    );
+    expect(t.commands.map((c) => c.verb)).toEqual(['vm', 'fork', 'child_write', 'child_write', 'child_exit', 'fork', 'expect counter']);
+    expect(t.commands[2].args.get('gpa')!.value.toString()).toBe('4096');
+    expect(t.commands[3].args.get('hva')!.value.toString()).toBe(String(0x7f00_0000_2000));
+    expect(usesMm(parseTrace('t.trace', V + 'fork\n'))).toBe(true);
+  });
+
+  it('refuses a second child, a child verb with no child, bad addresses, huge host pages and MGLRU before anything runs', () => {
+    expect(err(V + 'fork\nfork\n')).toBe("t.trace:3:1: fork: the child forked at line 2 is still alive; one child at a time ('child_exit' first)");
+    expect(err(V + 'child_write gpa=0\n')).toBe("t.trace:2:1: child_write: no child (no 'fork' before, or it has exited)");
+    expect(err(V + 'fork\nchild_exit\nchild_exit\n')).toBe("t.trace:4:1: child_exit: no child (no 'fork' before, or it has exited)");
+    expect(err(V + 'fork\nchild_exit\nchild_write gpa=0\n')).toBe("t.trace:4:1: child_write: no child (no 'fork' before, or it has exited)");
+    expect(err(V + 'fork\nchild_write\n')).toBe("t.trace:3:1: child_write: give the address as gpa= (the child's copy of guest memory) or hva=, one of them");
+    expect(err(V + 'fork\nchild_write gpa=0 hva=0x10000\n')).toBe("t.trace:3:1: child_write: give the address as gpa= (the child's copy of guest memory) or hva=, one of them");
+    expect(err(V + 'fork\nchild_write hva=0x1000\n')).toBe('t.trace:3:13: child_write: hva 0x1000 is not a user address (0x10000..0x7ffffffff000)');
+    expect(err(V + 'fork\nchild_write gpa=0x1_0000_0000_0000\n')).toMatch(/^t\.trace:3:13: child_write: gpa 0x1000000000000 is beyond /);
+    expect(err(V + 'fork\nchild_write gpa=0 size=4K\n')).toMatch(/^t\.trace:3:19: child_write: unknown key 'size'/);
+    expect(err(V + 'fork now\n')).toMatch(/^t\.trace:2:6: fork: /);
+    expect(err('vm tdp=ept memory=4M host_page=2m\nfork\n')).toBe(
+      't.trace:2:1: fork: needs host_page=4k (fork copies 4K page tables only: copy_huge_pmd and the THP split a COW needs are not modelled)',
+    );
+    expect(err('vm tdp=ept memory=64K lru=mglru\nfork\n')).toMatch(/^t\.trace:2:1: fork: not modelled with lru=mglru/);
+    expect(err('machine mode=ept\nfork\n')).toMatch(/^t\.trace:2:1: fork: /);
+  });
+});
