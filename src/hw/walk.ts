@@ -825,7 +825,7 @@ export class Mmu {
     }
     // EPT A/D (EPTP bit 6): A in every entry used, D in the leaf for a write (SDM 28.2.4).
     let dirty = RT_EDIRTY;
-    if (ad) {
+    if (ad && pending !== 0) {
       for (let k = top; k >= level; k--) {
         if ((pending & (1 << k)) === 0) continue;
         const need = k === level && write ? 0x300 : 0x100;
@@ -837,8 +837,8 @@ export class Mmu {
         this.eLo[k] = elo | need;
         if (k === level) lo = elo | need;
       }
-      if ((lo & 0x200) === 0) dirty = 0;
     }
+    if (ad && (lo & 0x200) === 0) dirty = 0;
     this.leafOutput(lo, hi, level, gLo);
     this.xRights = (rights << RT_E_SHIFT) | dirty;
     if (this.cachesOn()) this.fillGuestPhysical(gHi, gLo, top, level);
