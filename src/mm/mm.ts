@@ -127,6 +127,21 @@ export function folioVmas(folios: FolioTable, head: number): VmArea[] {
   return out;
 }
 
+/** The area of `mm` among folioVmas (an mm has at most one covering a folio's index), or null; allocates nothing. */
+export function folioVmaOf(folios: FolioTable, head: number, mm: MmStruct): VmArea | null {
+  const i = folios.idx(head);
+  if ((folios.flags[i] & PG_ksm) !== 0) return null;
+  const av = folios.mappings[folios.mapping[i]] as AnonVma | null | undefined;
+  if (av === null || av === undefined) return null;
+  const index = folios.index[i];
+  const vmas = av.vmas;
+  for (let k = 0; k < vmas.length; k++) {
+    const v = vmas[k];
+    if (v.mm === mm && index >= v.pgoff && index < v.pgoff + vmaPages(v)) return v;
+  }
+  return null;
+}
+
 /** Whether the area's entry at the folio's address maps a page of the folio (page_vma_mapped_walk's check; walks vma.mm.pt). */
 export function vmaMapsFolio(folios: FolioTable, vma: VmArea, head: number): boolean {
   const pfn = vma.mm.lookup(vmaAddress(vma, folios.index[folios.idx(head)]));
@@ -955,8 +970,8 @@ export class MmStruct {
     const f = this.folios;
     const pfn = Math.floor(hpa / PAGE_SIZE);
     const head = f.folioOf(pfn);
-    const vma = folioVmas(f, head).find((v) => v.mm === this);
-    if (vma === undefined) throw new Error(`assertion: frame 0x${pfn.toString(16)} is not mapped by this mm`);
+    const vma = folioVmaOf(f, head, this); // a guest store: no allocation
+    if (vma === null) throw new Error(`assertion: frame 0x${pfn.toString(16)} is not mapped by this mm`);
     const page = f.index[f.idx(head)] - vma.pgoff + (pfn - head);
     const token = content ?? (f.tokenSeq = (f.tokenSeq + 1) >>> 0 || 1);
     f.token[f.idx(pfn)] = token;

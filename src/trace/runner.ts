@@ -89,6 +89,8 @@ export class Runner {
   readonly failures: ExpectFailure[] = [];
   accesses = 0;
   private lastStep: Step | null = null;
+  /** The step running (for the error an UnsupportedError becomes). */
+  private current: Step | null = null;
   private lastOp = '';
   private lastIsAccess = false;
   private readonly lastRes = new AccessResult();
@@ -132,18 +134,30 @@ export class Runner {
 
   run(): RunReport {
     const upTo = this.opts.upToLine ?? Infinity;
+    try {
+      this.replay(upTo);
+    } catch (e) {
+      const s = this.current;
+      if (e instanceof UnsupportedError && s !== null) throw new TraceError(this.trace.file, s.line, s.cmd.col, e.message);
+      throw e;
+    }
+    return this.report();
+  }
+
+  /** The steps up to line upTo, the replay's hot loop (kept small: no try, no reporting). */
+  private replay(upTo: number): void {
     const steps = this.steps;
-    // Indexed: a for-of here allocated an iterator result per step (the try blocks escape analysis).
+    // Indexed: a for-of here allocated an iterator result per step. Accesses skip step(), too big to inline.
     for (let i = 0; i < steps.length; i++) {
       const s = steps[i];
       if (s.line > upTo) break;
-      try {
-        this.step(s);
-      } catch (e) {
-        if (e instanceof UnsupportedError) throw new TraceError(this.trace.file, s.line, s.cmd.col, e.message);
-        throw e;
-      }
+      this.current = s;
+      if (s.verb === 'access') this.access(s);
+      else this.step(s);
     }
+  }
+
+  private report(): RunReport {
     const last = this.lastFields();
     return { machine: this.machine, kvm: this.vm?.kvm ?? null, failures: this.failures, accesses: this.accesses, last: last as Record<string, string | number> | null };
   }
@@ -155,26 +169,27 @@ export class Runner {
     this.lastSrc = null;
   }
 
+  /** One `access` step: through KVM for a VM-level trace, else straight to the machine. */
+  private access(s: Step): void {
+    this.line = s.line;
+    this.accesses++;
+    if (this.vm !== null) {
+      const g = this.vm.access(s);
+      this.lastExits = g.exits;
+      this.lastUserExit = g.userExit;
+      this.record(s, 'access', g.result, true);
+      return;
+    }
+    this.record(s, 'access', this.machine.access(s.vcpu, s.laHi, s.laLo, s.kind, s.size, s.implicit), true);
+  }
+
+  /** Any step but `access`. */
   private step(s: Step): void {
     const m = this.machine;
     const c = s.cmd;
     this.line = s.line;
-    if (s.verb !== 'access') this.settleLast();
+    this.settleLast();
     switch (s.verb) {
-      case 'access': {
-        if (this.vm !== null) {
-          const g = this.vm.access(s);
-          this.lastExits = g.exits;
-          this.lastUserExit = g.userExit;
-          this.accesses++;
-          this.record(s, 'access', g.result, true);
-          return;
-        }
-        const r = m.access(s.vcpu, s.laHi, s.laLo, s.kind, s.size, s.implicit);
-        this.accesses++;
-        this.record(s, 'access', r, true);
-        return;
-      }
       case 'poke':
         m.mem.store64(s.hpa, lo32(argLong(c, 'value')), hi32(argLong(c, 'value')));
         return;
@@ -324,6 +339,11 @@ export class Runner {
     this.lastIsAccess = isAccess;
     this.lastSrc = r;
     if (this.quiet || (!isAccess && r.outcome === Outcome.Ok)) return;
+    this.printLast();
+  }
+
+  /** Prints the latest record (kept out of record() so that its quiet path inlines). */
+  private printLast(): void {
     const o = this.lastFields() as Record<string, string | number>; // accesses and instructions carry no lists
     this.emit(this.opts.json ? JSON.stringify(o) : describeResult(o));
   }

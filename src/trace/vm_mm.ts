@@ -94,9 +94,14 @@ export class MmSession {
     this.kvm.mm.recordWrite(hpa);
   }
 
+  /** Whether kswapd has work: more pages on the LRU than the limit allows. */
+  needsBalance(): boolean {
+    return this.limit !== Infinity && this.lruPages > this.limit;
+  }
+
   /** kswapd between accesses: above the limit, reclaim back down to it (with a little slack, the high watermark). */
   balance(): void {
-    if (this.lruPages <= this.limit) return;
+    if (!this.needsBalance()) return;
     const high = Math.max(1, Math.floor(this.limit / 32));
     this.reclaim.stats.kswapdWakeups++;
     for (let tries = 0; tries < 64 && this.lruPages > this.limit; tries++) {

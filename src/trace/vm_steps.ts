@@ -77,7 +77,8 @@ export class VmSession {
     if (mm === null) return this.out;
     const r = this.out.result;
     if (s.kind === AccessKind.Write && r.outcome === Outcome.Ok && this.out.userExit === null) mm.guestWrite(r.hpa);
-    // kswapd may now reclaim, and KVM's remote TLB flush (INVEPT, VMRUN) reuses the vCPU's result: keep the access's first.
+    if (!mm.needsBalance()) return this.out;
+    // kswapd will now reclaim, and KVM's remote TLB flush (INVEPT, VMRUN) reuses the vCPU's result: keep the access's first.
     const kept = this.kept;
     kept.result.copyFrom(r);
     kept.exits = this.out.exits;
