@@ -21,7 +21,7 @@ import {
   _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_RW, _PAGE_SWP_EXCLUSIVE, swpOffset,
 } from '../../src/mm/pgtable.js';
 import { setUpReclaim } from '../../src/mm/vmscan.js';
-import { GUEST_HVA_BASE, guestAccess, makeVm } from '../support/kvm_setup.js';
+import { GUEST_HVA_BASE, guestAccess, makeVm, sptePresent } from '../support/kvm_setup.js';
 
 const K4 = 4096;
 const hva = (gpa: number): number => GUEST_HVA_BASE + gpa;
@@ -38,11 +38,6 @@ interface Rec {
   ptes: bigint[];
   /** Whether KVM still had an SPTE for gfn 0 (the recorder runs before KVM at start, after it at end). */
   spte0: boolean;
-}
-
-function sptePresent(kvm: Kvm, gfn: number): boolean {
-  const l = kvm.tdpMmu.lookup(gfn);
-  return l !== null && (l.spte & 7n) !== 0n;
 }
 
 function sptePfn(kvm: Kvm, gfn: number): number {

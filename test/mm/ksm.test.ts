@@ -16,7 +16,7 @@ import { ksmCounts, ksmMergePages, ksmScan } from '../../src/mm/ksm.js';
 import { migrateFolio } from '../../src/mm/migrate.js';
 import { setUpReclaim } from '../../src/mm/vmscan.js';
 import { MMU_NOTIFIER_EVENT_NAMES, type MmuNotifierOps } from '../../src/mm/mmu_notifier.js';
-import { GUEST_HVA_BASE, guestAccess, makeVm } from '../support/kvm_setup.js';
+import { GUEST_HVA_BASE, guestAccess, makeVm, sptePresent } from '../support/kvm_setup.js';
 
 const K4 = 4096;
 const hva = (gpa: number): number => GUEST_HVA_BASE + gpa;
@@ -30,11 +30,6 @@ interface Rec {
   ptes: bigint[];
   /** Whether KVM still had an SPTE for the range's first gfn (KVM is called after the recorder at start, before it at end). */
   spte: boolean;
-}
-
-function sptePresent(kvm: Kvm, gfn: number): boolean {
-  const l = kvm.tdpMmu.lookup(gfn);
-  return l !== null && (l.spte & 7n) !== 0n;
 }
 
 /** A VM with paging off and a recorder registered after KVM (hlist order: the recorder is called first). */

@@ -23,7 +23,7 @@ import { MMAP_BASE, MmError, type MmStruct } from '../../src/mm/mm.js';
 import { mremap, mremapMove } from '../../src/mm/mremap.js';
 import { clearSoftDirty } from '../../src/mm/soft_dirty.js';
 import { setUpReclaim } from '../../src/mm/vmscan.js';
-import { GUEST_HVA_BASE, guestAccess, makeVm } from '../support/kvm_setup.js';
+import { GUEST_HVA_BASE, guestAccess, makeVm, sptePresent } from '../support/kvm_setup.js';
 
 const K4 = 4096;
 const hva = (gpa: number): number => GUEST_HVA_BASE + gpa;
@@ -71,11 +71,6 @@ function guestWrite(kvm: Kvm, gpa: number): number {
   const o = guestAccess(kvm, gpa, 'write');
   expect(o.outcome).toBe(Outcome.Ok);
   return kvm.mm.recordWrite(o.hpa);
-}
-
-function sptePresent(kvm: Kvm, gfn: number): boolean {
-  const l = kvm.tdpMmu.lookup(gfn);
-  return l !== null && (l.spte & 7n) !== 0n;
 }
 
 describe('mremap moving a whole area', () => {

@@ -31,6 +31,12 @@ export function makeVm(opts: Partial<VmOptions> & { tdp?: 'ept' | 'npt' } = {}):
   return kvm;
 }
 
+/** Whether KVM has a present SPTE (any of bits 2:0) for the gfn. */
+export function sptePresent(kvm: Kvm, gfn: number): boolean {
+  const l = kvm.tdpMmu.lookup(gfn);
+  return l !== null && (l.spte & 7n) !== 0n;
+}
+
 /**
  * Makes the host page allocator hand out `pfn` next (for the spec's PFN
  * 0x12345): takes frames until the bump pointer reaches it. Those frames stay
