@@ -16,12 +16,12 @@ import { runProgram } from '../../src/hw/sched.js';
 import type { Kvm } from '../../src/kvm/vm.js';
 import { dupMmap } from '../../src/mm/fork.js';
 import { VM_LOCKED, type MmStruct } from '../../src/mm/mm.js';
-import { MMU_NOTIFIER_EVENT_NAMES, MMU_NOTIFIER_RANGE_BLOCKABLE, type MmuNotifierOps } from '../../src/mm/mmu_notifier.js';
+import { MMU_NOTIFIER_EVENT_NAMES, MMU_NOTIFIER_RANGE_BLOCKABLE } from '../../src/mm/mmu_notifier.js';
 import {
   _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_RW, _PAGE_SWP_EXCLUSIVE, swpOffset,
 } from '../../src/mm/pgtable.js';
 import { setUpReclaim } from '../../src/mm/vmscan.js';
-import { GUEST_HVA_BASE, guestAccess, makeVm, sptePresent } from '../support/kvm_setup.js';
+import { GUEST_HVA_BASE, guestAccess, makeVm, sptePresent, watchInvalidations } from '../support/kvm_setup.js';
 
 const K4 = 4096;
 const hva = (gpa: number): number => GUEST_HVA_BASE + gpa;
@@ -50,20 +50,12 @@ function setup(pages = 16): { kvm: Kvm; log: Rec[]; watch: number[] } {
   const kvm = makeVm({ memory: pages * K4, tlb: false });
   const log: Rec[] = [];
   const watch: number[] = [];
-  const rec = (op: Rec['op']) => function* (r: { start: number; end: number; event: number; flags: number }): Generator<unknown, number, undefined> {
+  watchInvalidations(kvm, (op, r) => {
     log.push({
       op, event: MMU_NOTIFIER_EVENT_NAMES[r.event], start: r.start, end: r.end, blockable: (r.flags & MMU_NOTIFIER_RANGE_BLOCKABLE) !== 0,
       ptes: watch.map((a) => kvm.mm.pte(a)), spte0: sptePresent(kvm, 0),
     });
-    return 0;
-  };
-  const sub: MmuNotifierOps = {
-    invalidateRangeStart: rec('start'),
-    invalidateRangeEnd: function* (r) {
-      yield* rec('end')(r);
-    },
-  };
-  expect(kvm.mm.notifiers.register(sub)).toBe(0);
+  });
   return { kvm, log, watch };
 }
 

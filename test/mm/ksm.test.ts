@@ -15,8 +15,8 @@ import { LruList, PG_anon, PG_dirty, PG_ksm, PG_referenced } from '../../src/mm/
 import { ksmCounts, ksmMergePages, ksmScan } from '../../src/mm/ksm.js';
 import { migrateFolio } from '../../src/mm/migrate.js';
 import { setUpReclaim } from '../../src/mm/vmscan.js';
-import { MMU_NOTIFIER_EVENT_NAMES, type MmuNotifierOps } from '../../src/mm/mmu_notifier.js';
-import { GUEST_HVA_BASE, guestAccess, makeVm, sptePresent } from '../support/kvm_setup.js';
+import { MMU_NOTIFIER_EVENT_NAMES } from '../../src/mm/mmu_notifier.js';
+import { GUEST_HVA_BASE, guestAccess, makeVm, sptePresent, watchInvalidations } from '../support/kvm_setup.js';
 
 const K4 = 4096;
 const hva = (gpa: number): number => GUEST_HVA_BASE + gpa;
@@ -37,17 +37,9 @@ function setup(): { kvm: Kvm; log: Rec[]; watch: number[] } {
   const kvm = makeVm({ memory: 16 * K4 });
   const log: Rec[] = [];
   const watch: number[] = [];
-  const rec = (op: Rec['op']) => function* (r: { start: number; end: number; event: number }): Generator<unknown, number, undefined> {
+  watchInvalidations(kvm, (op, r) => {
     log.push({ op, event: MMU_NOTIFIER_EVENT_NAMES[r.event], start: r.start, end: r.end, ptes: watch.map((a) => kvm.mm.pte(a)), spte: sptePresent(kvm, (r.start - GUEST_HVA_BASE) / K4) });
-    return 0;
-  };
-  const sub: MmuNotifierOps = {
-    invalidateRangeStart: rec('start'),
-    invalidateRangeEnd: function* (r) {
-      yield* rec('end')(r);
-    },
-  };
-  expect(kvm.mm.notifiers.register(sub)).toBe(0);
+  });
   return { kvm, log, watch };
 }
 

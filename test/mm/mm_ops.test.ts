@@ -18,12 +18,12 @@ import type { Kvm } from '../../src/kvm/vm.js';
 import { LruList, PG_dirty, PG_swapbacked } from '../../src/mm/folio.js';
 import { madviseFree } from '../../src/mm/madvise_free.js';
 import { SWP_MIGRATION_WRITE, decodeMigrationEntry, migrateFolio } from '../../src/mm/migrate.js';
-import { MMU_NOTIFIER_EVENT_NAMES, MMU_NOTIFIER_RANGE_BLOCKABLE, ULONG_MAX, type MmuNotifierOps } from '../../src/mm/mmu_notifier.js';
+import { MMU_NOTIFIER_EVENT_NAMES, MMU_NOTIFIER_RANGE_BLOCKABLE, ULONG_MAX } from '../../src/mm/mmu_notifier.js';
 import { MMAP_BASE, MmError, type MmStruct } from '../../src/mm/mm.js';
 import { mremap, mremapMove } from '../../src/mm/mremap.js';
 import { clearSoftDirty } from '../../src/mm/soft_dirty.js';
 import { setUpReclaim } from '../../src/mm/vmscan.js';
-import { GUEST_HVA_BASE, guestAccess, makeVm, sptePresent } from '../support/kvm_setup.js';
+import { GUEST_HVA_BASE, guestAccess, makeVm, sptePresent, watchInvalidations } from '../support/kvm_setup.js';
 
 const K4 = 4096;
 const hva = (gpa: number): number => GUEST_HVA_BASE + gpa;
@@ -52,17 +52,9 @@ function setup(memory = 64 * K4): { kvm: Kvm; log: Rec[]; watch: number[]; flush
     flushes++;
     flushAll();
   };
-  const rec = (op: Rec['op']) => function* (r: { start: number; end: number; event: number; flags: number }): Generator<unknown, number, undefined> {
+  watchInvalidations(kvm, (op, r) => {
     log.push({ op, event: MMU_NOTIFIER_EVENT_NAMES[r.event], start: r.start, end: r.end, flags: r.flags, ptes: watch.map((a) => kvm.mm.pte(a)), flushes });
-    return 0;
-  };
-  const sub: MmuNotifierOps = {
-    invalidateRangeStart: rec('start'),
-    invalidateRangeEnd: function* (r) {
-      yield* rec('end')(r);
-    },
-  };
-  expect(kvm.mm.notifiers.register(sub)).toBe(0);
+  });
   return { kvm, log, watch, flushes: () => flushes };
 }
 

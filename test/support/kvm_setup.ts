@@ -14,6 +14,7 @@ import { AccessKind, AccessResult, Outcome } from '../../src/hw/result.js';
 import { runProgram } from '../../src/hw/sched.js';
 import type { EventFields, KvmEventName } from '../../src/kvm/events.js';
 import type { KvmMemorySlot } from '../../src/kvm/memslots.js';
+import type { MmuNotifierOps, MmuNotifierRange } from '../../src/mm/mmu_notifier.js';
 import { GUEST_HVA_BASE, Kvm, type GuestAccess, type VmOptions } from '../../src/kvm/vm.js';
 
 export { GUEST_HVA_BASE };
@@ -35,6 +36,23 @@ export function makeVm(opts: Partial<VmOptions> & { tdp?: 'ept' | 'npt' } = {}):
 export function sptePresent(kvm: Kvm, gfn: number): boolean {
   const l = kvm.tdpMmu.lookup(gfn);
   return l !== null && (l.spte & 7n) !== 0n;
+}
+
+/**
+ * Registers a notifier subscriber whose invalidate_range_start and _end both
+ * call `seen` (registered after KVM, so hlist order calls it first).
+ */
+export function watchInvalidations(kvm: Kvm, seen: (op: 'start' | 'end', r: MmuNotifierRange) => void): void {
+  const sub: MmuNotifierOps = {
+    invalidateRangeStart: function* (r) {
+      seen('start', r);
+      return 0;
+    },
+    invalidateRangeEnd: function* (r) {
+      seen('end', r);
+    },
+  };
+  if (kvm.mm.notifiers.register(sub) !== 0) throw new Error('test set-up: the recorder could not register');
 }
 
 /**
