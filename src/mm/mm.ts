@@ -670,13 +670,7 @@ export class MmStruct {
       return true;
     }
     const entry = pt.entry;
-    vma.hasAnonVma = true; // vmf_anon_prepare
-    f.flags[i] |= PG_anon | PG_swapbacked | PG_uptodate;
-    f.mapping[i] = vma.anonVma;
-    f.index[i] = vma.pgoff + (addr - vma.start) / PAGE_SIZE;
-    f.mapcount[i] = 1;
-    if (this.lruAddNew !== null) this.lruAddNew(pfn, vma, addr);
-    else f.lruAdd(pfn, LruList.InactiveAnon);
+    this.addNewAnonFolio(vma, pfn, addr);
     mem.xchg64(entry, 0, 0); // ptep_clear_flush
     this.cpu.flushAll();
     this.notifiers.archInvalidateSecondaryTlbs(addr, addr + PAGE_SIZE);
@@ -689,21 +683,30 @@ export class MmStruct {
     return true;
   }
 
-  /** do_anonymous_page / do_huge_pmd_anonymous_page: a new folio, on the LRU, mapped by the entry at `entry`. */
-  private doAnonymousPage(vma: VmArea, hva: number, entry: number): void {
-    const bytes = levelBytes(vma.level);
-    const addr = Math.floor(hva / bytes) * bytes;
-    const pfn = this.pages.allocPages(vma.level === 1 ? 0 : vma.level === 2 ? 9 : 18) / PAGE_SIZE;
+  /**
+   * anon_vma_prepare + folio_add_new_anon_rmap + folio_add_lru_vma for a
+   * folio just allocated to map `addr` in `vma`: exclusive anon, mapped once
+   * (the allocation's reference is the mapping's), on the LRU (new anon
+   * folios start inactive).
+   */
+  private addNewAnonFolio(vma: VmArea, pfn: number, addr: number): void {
     const f = this.folios;
     const i = f.idx(pfn);
-    vma.hasAnonVma = true; // anon_vma_prepare
-    // folio_add_new_anon_rmap: exclusive anon, mapped once, the allocation's reference is the mapping's.
+    vma.hasAnonVma = true;
     f.flags[i] |= PG_anon | PG_swapbacked | PG_uptodate;
     f.mapping[i] = vma.anonVma;
     f.index[i] = vma.pgoff + (addr - vma.start) / PAGE_SIZE;
     f.mapcount[i] = 1;
     if (this.lruAddNew !== null) this.lruAddNew(pfn, vma, addr);
-    else f.lruAdd(pfn, LruList.InactiveAnon); // folio_add_lru_vma: new anon folios start inactive
+    else f.lruAdd(pfn, LruList.InactiveAnon);
+  }
+
+  /** do_anonymous_page / do_huge_pmd_anonymous_page: a new folio, on the LRU, mapped by the entry at `entry`. */
+  private doAnonymousPage(vma: VmArea, hva: number, entry: number): void {
+    const bytes = levelBytes(vma.level);
+    const addr = Math.floor(hva / bytes) * bytes;
+    const pfn = this.pages.allocPages(vma.level === 1 ? 0 : vma.level === 2 ? 9 : 18) / PAGE_SIZE;
+    this.addNewAnonFolio(vma, pfn, addr);
     const flags = (vma.writable ? LEAF_RW : LEAF_RO) | (vma.level === 1 ? 0 : _PAGE_PSE);
     const lo = pfnLo(pfn, flags);
     const hi = pfnHi(pfn) | _PAGE_NX_HI;
