@@ -1,5 +1,5 @@
 /**
- * fork of the VMM's address space (dup_mmap, in mm/mmap.c since 6.8; mm/memory.c
+ * fork of the VMM's address space (dup_mmap, in mm/mmap.c as of 6.17; mm/memory.c
  * copy_page_range): a child MmStruct on the same host memory, page
  * allocator and FolioTable, with a copy of every area and, for the areas
  * the kernel copies, of their page tables, every private page shared
