@@ -269,7 +269,8 @@ class Parser {
       if (cmd === undefined || info === undefined) {
         const verb = text.slice(tokStart, i);
         info = this.verb(verb, lineNo, col);
-        cmd = { verb, line: lineNo, col, args: new Map(), words: new Set() };
+        // The table's own string, not the slice: replay compares verbs per step, and only identical strings compare in one instruction.
+        cmd = { verb: info.name, line: lineNo, col, args: new Map(), words: new Set() };
         subPending = info.sub.size > 0;
       } else if (subPending) {
         subPending = false;
