@@ -1,4 +1,5 @@
 /** Reading and validating a trace file for a CLI command; bad input exits 2 with FILE:LINE:COL: message. */
+import { isUtf8 } from 'node:buffer';
 import { readFileSync } from 'node:fs';
 import { TraceError, type Trace } from '../trace/ast.js';
 import { parseTrace } from '../trace/parse.js';
@@ -12,12 +13,14 @@ export class UsageError extends Error {
 }
 
 export function loadTrace(file: string): Trace {
-  let text: string;
+  let bytes: Buffer;
   try {
-    text = readFileSync(file, 'utf8');
+    bytes = readFileSync(file);
   } catch (e) {
     throw new UsageError(`${file}: cannot read: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
   }
+  const text = bytes.toString('utf8');
+  if (!isUtf8(bytes)) throw new UsageError(`${file}:${where(text, text.indexOf('\ufffd'))}: not UTF-8 text (a trace is UTF-8, trace-format.md)`);
   try {
     const trace = parseTrace(file, text);
     if (trace.commands[0].verb === 'machine') machineStep(trace); // semantic checks of the machine line
@@ -26,6 +29,13 @@ export function loadTrace(file: string): Trace {
     if (e instanceof TraceError) throw new UsageError(e.message);
     throw e;
   }
+}
+
+/** LINE:COL of a character offset (the first replacement character stands for the first bad byte). */
+function where(text: string, at: number): string {
+  const before = text.slice(0, Math.max(at, 0));
+  const line = before.split('\n').length;
+  return `${line}:${before.length - before.lastIndexOf('\n')}`;
 }
 
 /** A number option such as --gva 0x1000 or --at 12, checked like a trace value. */

@@ -152,13 +152,17 @@ export function parseSize(text: string): Long {
 // ---------------------------------------------------------------------------
 // Messages
 
-/** Quotes a token for a message, escaping control characters. */
+/** Tokens longer than this are cut in messages (a binary file would otherwise print itself). */
+const QUOTE_MAX = 40;
+
+/** Quotes a token for a message, escaping control characters and cutting a long one. */
 function q(s: string): string {
-  for (let i = 0; i < s.length; i++) {
-    const c = s.charCodeAt(i);
-    if (c < 32 || c === 127) return `'${escapeControls(s)}'`;
+  const cut = s.length > QUOTE_MAX ? `${s.slice(0, QUOTE_MAX)}... (${s.length} characters)` : s;
+  for (let i = 0; i < cut.length; i++) {
+    const c = cut.charCodeAt(i);
+    if (c < 32 || c === 127) return `'${escapeControls(cut)}'`;
   }
-  return `'${s}'`;
+  return `'${cut}'`;
 }
 
 function escapeControls(s: string): string {

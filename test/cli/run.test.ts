@@ -212,6 +212,21 @@ describe('mmulab run: invalid input', () => {
     }
   }
 
+  it('a file that is not UTF-8: exit 2 naming the line and column of the first bad byte', () => {
+    const file = join(dir, 'latin1.trace');
+    writeFileSync(file, Buffer.concat([Buffer.from(head + '# caf'), Buffer.from([0xe9]), Buffer.from('\n')]));
+    const r = runFile(file);
+    expect(r.stderr).toBe(`${file}:4:6: not UTF-8 text (a trace is UTF-8, trace-format.md)\n`);
+    expect(r.status).toBe(2);
+    expect(r.stdout).toBe('');
+  });
+
+  it('a long bad token is cut in the message', () => {
+    const r = run('long-token.trace', head + 'x'.repeat(100) + ' gva=0x1000\n');
+    expect(r.stderr).toBe(`${r.file}:4:1: unknown verb '${'x'.repeat(40)}... (100 characters)' (expected one of: ${verbs})\n`);
+    expect(r.status).toBe(2);
+  });
+
   it('a missing file: exit 2 with a one-line message', () => {
     const file = join(dir, 'no-such.trace');
     const r = runFile(file);
