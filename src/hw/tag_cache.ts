@@ -103,7 +103,8 @@ export class TagCache {
   lookup(keyHi: number, keyLo: number, vpid: number, pcid: number, ep4ta: number): number {
     const base = this.setOf(keyHi, keyLo);
     const end = base + this.ways;
-    for (let i = base; i < end; i++) if (this.matches(i, keyHi, keyLo, vpid, pcid, ep4ta)) return i;
+    const kLo = this.keyLo;
+    for (let i = base; i < end; i++) if (kLo[i] === keyLo && this.matches(i, keyHi, keyLo, vpid, pcid, ep4ta)) return i;
     return -1;
   }
 
@@ -129,12 +130,14 @@ export class TagCache {
     const end = base + this.ways;
     let i = -1;
     let w = -1;
+    const kLo = this.keyLo;
+    const valid = this.valid;
     for (let j = base; j < end; j++) {
-      if (this.matches(j, keyHi, keyLo, vpid, pcid, ep4ta)) {
+      if (kLo[j] === keyLo && this.matches(j, keyHi, keyLo, vpid, pcid, ep4ta)) {
         i = j;
         break;
       }
-      if (w < 0 && this.valid[j] === 0) w = j;
+      if (w < 0 && valid[j] === 0) w = j;
     }
     if (i < 0) {
       if (w < 0) {
@@ -201,9 +204,15 @@ export class TagCache {
     if (this.nValid === 0) return 0;
     let n = 0;
     const g = this.granule;
-    const base = this.setOf(maskHi(hi, g), maskLo(lo, g));
+    const kHi = maskHi(hi, g);
+    const kLo = maskLo(lo, g);
+    const base = this.setOf(kHi, kLo);
+    const keyLo = this.keyLo;
+    const shift = this.shift;
     for (let i = base; i < base + this.ways; i++) {
-      if (this.valid[i] === 1 && this.tagged(i, vpid, pcid, ep4ta, globalAnyPcid) && this.covers(i, hi, lo)) {
+      // An entry no larger than the granule covers exactly its key.
+      if (shift[i] <= g ? keyLo[i] !== kLo || this.keyHi[i] !== kHi : !this.covers(i, hi, lo)) continue;
+      if (this.valid[i] === 1 && this.tagged(i, vpid, pcid, ep4ta, globalAnyPcid)) {
         this.valid[i] = 0;
         this.noteLarge(i, false);
         n++;
