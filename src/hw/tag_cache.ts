@@ -90,10 +90,16 @@ export class TagCache {
     }
   }
 
-  private setOf(keyHi: number, keyLo: number): number {
+  /** Index of the set a key lives in. */
+  private setIndex(keyHi: number, keyLo: number): number {
     const g = this.granule;
     const x = g < 32 ? (keyLo >>> g) ^ (keyHi << (32 - g)) : keyHi >>> (g - 32);
-    return (x & this.setMask) * this.ways;
+    return x & this.setMask;
+  }
+
+  /** Index of the first entry of the key's set. */
+  private setOf(keyHi: number, keyLo: number): number {
+    return this.setIndex(keyHi, keyLo) * this.ways;
   }
 
   /**
@@ -101,6 +107,7 @@ export class TagCache {
    * matches any PCID (it still needs its VPID and EP4TA).
    */
   lookup(keyHi: number, keyLo: number, vpid: number, pcid: number, ep4ta: number): number {
+    if (this.nValid === 0) return -1; // paging-structure caches are often empty
     const base = this.setOf(keyHi, keyLo);
     const end = base + this.ways;
     const kLo = this.keyLo;
@@ -141,9 +148,11 @@ export class TagCache {
     }
     if (i < 0) {
       if (w < 0) {
-        const set = base / this.ways;
-        w = base + this.victim[set];
-        this.victim[set] = (this.victim[set] + 1) % this.ways;
+        // Round robin, without a division: set index and way from the set's base.
+        const set = this.setIndex(keyHi, keyLo);
+        const v = this.victim[set];
+        w = base + v;
+        this.victim[set] = v + 1 === this.ways ? 0 : v + 1;
       }
       i = w;
     }
