@@ -222,8 +222,8 @@ export class TdpMmu {
 
   /** kvm_tdp_mmu_alloc_root: reuse the valid root of the address space, else make one. */
   allocRoot(asId = 0): KvmMmuPage {
-    const found = this.roots.find((r) => r.asId === asId && !r.invalid);
-    if (found !== undefined) return found;
+    // A loop, not find(): this runs on every fault, and a closure would be allocated each time.
+    for (const r of this.roots) if (r.asId === asId && !r.invalid) return r;
     const root = this.allocSp(this.vm.rootLevel, 0, -1, asId);
     this.roots.push(root);
     return root;
@@ -239,12 +239,13 @@ export class TdpMmu {
 
   /**
    * __tdp_mmu_set_spte_atomic: one cmpxchg from it.oldSpte. On failure
-   * returns -EBUSY and it.oldSpte holds the value found.
+   * returns -EBUSY and it.oldSpte holds the value found. Plain code: the
+   * caller yields before it (`if (mem.yields) yield;`), as before any
+   * shared-memory operation, so fault-in has one program fewer to run.
    */
-  *setSpteAtomicRaw(it: TdpIter, newLo: number, newHi: number): Program<number> {
+  setSpteAtomicRaw(it: TdpIter, newLo: number, newHi: number): number {
     if (it.oldLo === FROZEN_LO && it.oldHi === FROZEN_HI) throw new Error('assertion: atomic set of a FROZEN SPTE');
     const mem = this.vm.mem;
-    if (mem.yields) yield;
     const ok = mem.cmpxchg64(it.sptep, it.oldLo, it.oldHi, newLo, newHi);
     if (!ok) {
       it.takeMem();
@@ -259,7 +260,8 @@ export class TdpMmu {
     this.vm.mmuLock.assertHeld('read');
     const oldLo = it.oldLo;
     const oldHi = it.oldHi;
-    const r = yield* this.setSpteAtomicRaw(it, newLo, newHi);
+    if (this.vm.mem.yields) yield;
+    const r = this.setSpteAtomicRaw(it, newLo, newHi);
     if (r !== 0) return r;
     const removed = this.handleChangedSpte(it.asId, it.gfn, oldLo, oldHi, newLo, newHi, it.level);
     if (removed !== null) yield* this.handleRemovedPt(removed, true);
@@ -756,7 +758,8 @@ export class TdpMmu {
     const vm = this.vm;
     const old = it.oldSpte;
     const neu = markSpteForAccessTrack(vm.flavour, old);
-    if ((yield* this.setSpteAtomicRaw(it, lo32(neu), hi32(neu))) !== 0) {
+    if (vm.mem.yields) yield;
+    if (this.setSpteAtomicRaw(it, lo32(neu), hi32(neu)) !== 0) {
       this.stats.ageLost++;
       return;
     }

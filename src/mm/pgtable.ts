@@ -35,9 +35,12 @@ export function levelSpan(level: number): number {
   return level === 1 ? PAGE_SIZE : level === 2 ? PMD_SIZE : level === 3 ? PUD_SIZE : PGD_SIZE;
 }
 
+/** 1 / levelSpan(level): powers of two, so multiplying by them is exact, and cheaper than dividing. */
+const INV_SPAN = [0, 1 / PAGE_SIZE, 1 / PMD_SIZE, 1 / PUD_SIZE, 1 / PGD_SIZE];
+
 function indexAt(addr: number, level: number): number {
-  // ToInt32 of an integral double is exact modulo 2^32, so the low 9 bits are right.
-  return (addr / levelSpan(level)) & 511;
+  // ToInt32 truncates, and is exact modulo 2^32 for doubles below 2^53, so the low 9 bits are right.
+  return (addr * INV_SPAN[level]) & 511;
 }
 
 /** Physical address in an entry, bits 51:12 (the low flag bits of a huge leaf are flags: PAT is unused here). */
