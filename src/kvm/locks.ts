@@ -102,15 +102,26 @@ export class MmuLock {
 
   *readLock(who: MmuLockUser = 'other'): Generator<void, void, undefined> {
     if (this.mem.yields) yield;
-    while (this.state < 0) {
+    while (!this.readTrylock(who)) {
       mustWait(this.mem, 'read_lock(mmu_lock)');
       this.waitStep(who);
       yield;
     }
+  }
+
+  /**
+   * read_trylock: take the lock for read unless a writer holds it. Plain
+   * code, no program step: for a caller that nothing can interleave
+   * (!mem.yields), `mem.yields || !readTrylock(who)` then readLock is
+   * read_lock with one program fewer.
+   */
+  readTrylock(who: MmuLockUser = 'other'): boolean {
+    if (this.state < 0) return false;
     this.account();
     this.state++;
     this.readerUsers.push(who);
     this.stats.readLocks[who]++;
+    return true;
   }
 
   readUnlock(who: MmuLockUser = 'other'): void {
