@@ -241,7 +241,7 @@ export class TdpMmu {
    * __tdp_mmu_set_spte_atomic: one cmpxchg from it.oldSpte. On failure
    * returns -EBUSY and it.oldSpte holds the value found. Plain code: the
    * caller yields before it (`if (mem.yields) yield;`), as before any
-   * shared-memory operation, so fault-in has one program fewer to run.
+   * shared-memory operation.
    */
   setSpteAtomicRaw(it: TdpIter, newLo: number, newHi: number): number {
     if (it.oldLo === FROZEN_LO && it.oldHi === FROZEN_HI) throw new Error('assertion: atomic set of a FROZEN SPTE');
@@ -255,16 +255,27 @@ export class TdpMmu {
     return 0;
   }
 
-  /** tdp_mmu_set_spte_atomic, the new SPTE as halves: mmu_lock held for read; bookkeeping only on success. */
-  *setSpteAtomic(it: TdpIter, newLo: number, newHi: number): Program<number> {
+  /**
+   * The child table the last setSpteAtomic disconnected, or null: its caller
+   * tears it down at once (before any yield) with handleRemovedPt, shared,
+   * the one part of tdp_mmu_set_spte_atomic that is a program.
+   */
+  removedPt: KvmMmuPage | null = null;
+
+  /**
+   * tdp_mmu_set_spte_atomic, the new SPTE as halves: mmu_lock held for read;
+   * bookkeeping only on success. Plain code like setSpteAtomicRaw (the
+   * caller yields before it), so fault-in runs no program for it; see
+   * removedPt for the rest.
+   */
+  setSpteAtomic(it: TdpIter, newLo: number, newHi: number): number {
     this.vm.mmuLock.assertHeld('read');
     const oldLo = it.oldLo;
     const oldHi = it.oldHi;
-    if (this.vm.mem.yields) yield;
+    this.removedPt = null;
     const r = this.setSpteAtomicRaw(it, newLo, newHi);
     if (r !== 0) return r;
-    const removed = this.handleChangedSpte(it.asId, it.gfn, oldLo, oldHi, newLo, newHi, it.level);
-    if (removed !== null) yield* this.handleRemovedPt(removed, true);
+    this.removedPt = this.handleChangedSpte(it.asId, it.gfn, oldLo, oldHi, newLo, newHi, it.level);
     return 0;
   }
 
@@ -424,7 +435,10 @@ export class TdpMmu {
   /** tdp_mmu_link_sp (shared): a non-leaf SPTE to the new table, by cmpxchg. */
   private *linkSp(it: TdpIter, sp: KvmMmuPage): Program<number> {
     const spte = makeNonleafSpte(this.vm.flavour, BigInt(sp.hpa), !this.vm.flavour.adEnabled);
-    return yield* this.setSpteAtomic(it, lo32(spte), hi32(spte));
+    if (this.vm.mem.yields) yield;
+    const r = this.setSpteAtomic(it, lo32(spte), hi32(spte));
+    if (this.removedPt !== null) yield* this.handleRemovedPt(this.removedPt, true);
+    return r;
   }
 
   /**
@@ -509,7 +523,9 @@ export class TdpMmu {
       }
     }
     if (newLo === oldLo && newHi === oldHi) return RetPf.Spurious;
-    if ((yield* this.setSpteAtomic(it, newLo, newHi)) !== 0) return RetPf.Retry;
+    if (vm.mem.yields) yield;
+    if (this.setSpteAtomic(it, newLo, newHi) !== 0) return RetPf.Retry;
+    if (this.removedPt !== null) yield* this.handleRemovedPt(this.removedPt, true);
     if (wasPresent) {
       // A huge page replacing a table needs the old translations gone; a leaf change only if MMU-writable was lost.
       const old = join64(oldLo, oldHi);
@@ -788,7 +804,10 @@ export class TdpMmu {
         for (;;) {
           const old = it.oldSpte;
           if (!isShadowPresentPte(old) || !isLastSpte(old, it.level) || (old & PT_WRITABLE_MASK) === 0n) break;
-          if ((yield* this.setSpteAtomic(it, it.oldLo & ~2, it.oldHi)) === 0) { // W is bit 1
+          if (mem.yields) yield;
+          const r = this.setSpteAtomic(it, it.oldLo & ~2, it.oldHi); // W is bit 1
+          if (this.removedPt !== null) yield* this.handleRemovedPt(this.removedPt, true);
+          if (r === 0) {
             set = true;
             break;
           }

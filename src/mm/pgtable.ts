@@ -29,6 +29,7 @@ const PGD_SIZE = 2 ** 39;
 /** TASK_SIZE_MAX with 4-level paging: user addresses lie below it. */
 export const TASK_SIZE = 2 ** 47;
 const TWO32 = 4294967296;
+const INV_TWO32 = 1 / TWO32;
 
 /** Bytes one entry maps at a level (1 = PTE ... 4 = PGD). */
 export function levelSpan(level: number): number {
@@ -120,7 +121,8 @@ export class HostPageTable {
     let table = this.pgd;
     for (let level = 4; ; level--) {
       const e = table + indexAt(addr, level) * 8;
-      mem.load64(e);
+      // As halves: a double passed to a call that is not inlined is boxed, an allocation per level.
+      mem.load64Halves((e * INV_TWO32) | 0, e | 0);
       const lo = mem.lo;
       this.entry = e;
       this.lo = lo;
