@@ -216,12 +216,15 @@ export class TagCache {
     const kHi = maskHi(hi, g);
     const kLo = maskLo(lo, g);
     const base = this.setOf(kHi, kLo);
+    const valid = this.valid;
     const keyLo = this.keyLo;
     const shift = this.shift;
     for (let i = base; i < base + this.ways; i++) {
+      // Validity first: a dropped way keeps its old (maybe large) shift and key.
+      if (valid[i] === 0) continue;
       // An entry no larger than the granule covers exactly its key.
       if (shift[i] <= g ? keyLo[i] !== kLo || this.keyHi[i] !== kHi : !this.covers(i, hi, lo)) continue;
-      if (this.valid[i] === 1 && this.tagged(i, vpid, pcid, ep4ta, globalAnyPcid)) {
+      if (this.tagged(i, vpid, pcid, ep4ta, globalAnyPcid)) {
         this.valid[i] = 0;
         this.noteLarge(i, false);
         n++;
