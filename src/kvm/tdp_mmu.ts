@@ -24,7 +24,7 @@ import {
   spteToPfn, type SpteFlavour,
 } from './spte.js';
 import {
-  TdpIter, iterAtPresentLeaf, kvmTdpMmuWriteSpte, sideStepsLeft, tdpMmuClearSpteBits, pagesPerHpage, tdpIterNext, tdpIterSideSteps, tdpIterStart,
+  TdpIter, gfnRoundForLevel, iterAtPresentLeaf, kvmTdpMmuWriteSpte, sideStepsLeft, tdpMmuClearSpteBits, pagesPerHpage, tdpIterNext, tdpIterSideSteps, tdpIterStart,
 } from './tdp_iter.js';
 
 /** Page-fault handler results (enum ret_pf, mmu_internal.h). */
@@ -316,7 +316,7 @@ export class TdpMmu {
     const isLeaf = isPresent && (level === PG_LEVEL_4K || (newLo & 0x80) !== 0);
     const pfnChanged = ((oldLo ^ newLo) & ~0xfff) !== 0 || ((oldHi ^ newHi) & 0xfffff) !== 0;
     if (level < PG_LEVEL_4K || level > 5) throw new Error(`assertion: SPTE level ${level}`);
-    if (gfn % pagesPerHpage(level) !== 0) throw new Error(`assertion: gfn 0x${gfn.toString(16)} not aligned to level ${level}`);
+    if (gfnRoundForLevel(gfn, level) !== gfn) throw new Error(`assertion: gfn 0x${gfn.toString(16)} not aligned to level ${level}`);
     // PFNs only change by zapping and re-creating: a present leaf turning into another present leaf is a kernel BUG.
     if (wasLeaf && isLeaf && pfnChanged) throw new Error(`assertion (BUG): leaf SPTE for gfn 0x${gfn.toString(16)} changed pfn without a zap`);
     if (oldLo === newLo && oldHi === newHi) return null;
