@@ -133,23 +133,24 @@ export class TagCache {
     global: boolean, shift: number, hpa: number, gpa: number, rights: number,
   ): number {
     // One pass over the set: the matching entry, else the first free way.
-    const base = this.setOf(keyHi, keyLo);
+    const set = this.setIndex(keyHi, keyLo);
+    const base = set * this.ways;
     const end = base + this.ways;
     let i = -1;
     let w = -1;
     const kLo = this.keyLo;
     const valid = this.valid;
     for (let j = base; j < end; j++) {
-      if (kLo[j] === keyLo && this.matches(j, keyHi, keyLo, vpid, pcid, ep4ta)) {
+      if (valid[j] === 0) {
+        if (w < 0) w = j;
+      } else if (kLo[j] === keyLo && this.matches(j, keyHi, keyLo, vpid, pcid, ep4ta)) {
         i = j;
         break;
       }
-      if (w < 0 && valid[j] === 0) w = j;
     }
     if (i < 0) {
       if (w < 0) {
-        // Round robin, without a division: set index and way from the set's base.
-        const set = this.setIndex(keyHi, keyLo);
+        // Round robin, without a division.
         const v = this.victim[set];
         w = base + v;
         this.victim[set] = v + 1 === this.ways ? 0 : v + 1;
