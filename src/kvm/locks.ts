@@ -131,7 +131,7 @@ export class MmuLock {
     if (i < 0) throw new Error(`assertion: read_unlock of mmu_lock by ${who}, not a reader`);
     this.account();
     // Not splice: that allocates the array of removed elements.
-    users.copyWithin(i, i + 1);
+    if (i !== users.length - 1) users.copyWithin(i, i + 1);
     users.pop();
     this.state--;
   }

@@ -47,7 +47,7 @@ export class RcuDomain {
     let i = open.length - 1;
     while (i >= 0 && open[i] !== token) i--;
     if (i < 0) throw new Error('assertion: srcu_read_unlock without srcu_read_lock');
-    open.copyWithin(i, i + 1);
+    if (i !== open.length - 1) open.copyWithin(i, i + 1);
     open.pop();
     if (this.pending.length !== 0) this.runReady();
   }
