@@ -90,10 +90,16 @@ export class TagCache {
     }
   }
 
-  private setOf(keyHi: number, keyLo: number): number {
+  /** Index of the set a key lives in. */
+  private setIndex(keyHi: number, keyLo: number): number {
     const g = this.granule;
     const x = g < 32 ? (keyLo >>> g) ^ (keyHi << (32 - g)) : keyHi >>> (g - 32);
-    return (x & this.setMask) * this.ways;
+    return x & this.setMask;
+  }
+
+  /** Index of the first entry of the key's set. */
+  private setOf(keyHi: number, keyLo: number): number {
+    return this.setIndex(keyHi, keyLo) * this.ways;
   }
 
   /**
@@ -101,9 +107,11 @@ export class TagCache {
    * matches any PCID (it still needs its VPID and EP4TA).
    */
   lookup(keyHi: number, keyLo: number, vpid: number, pcid: number, ep4ta: number): number {
+    if (this.nValid === 0) return -1; // paging-structure caches are often empty
     const base = this.setOf(keyHi, keyLo);
     const end = base + this.ways;
-    for (let i = base; i < end; i++) if (this.matches(i, keyHi, keyLo, vpid, pcid, ep4ta)) return i;
+    const kLo = this.keyLo;
+    for (let i = base; i < end; i++) if (kLo[i] === keyLo && this.matches(i, keyHi, keyLo, vpid, pcid, ep4ta)) return i;
     return -1;
   }
 
@@ -125,22 +133,27 @@ export class TagCache {
     global: boolean, shift: number, hpa: number, gpa: number, rights: number,
   ): number {
     // One pass over the set: the matching entry, else the first free way.
-    const base = this.setOf(keyHi, keyLo);
+    const set = this.setIndex(keyHi, keyLo);
+    const base = set * this.ways;
     const end = base + this.ways;
     let i = -1;
     let w = -1;
+    const kLo = this.keyLo;
+    const valid = this.valid;
     for (let j = base; j < end; j++) {
-      if (this.matches(j, keyHi, keyLo, vpid, pcid, ep4ta)) {
+      if (valid[j] === 0) {
+        if (w < 0) w = j;
+      } else if (kLo[j] === keyLo && this.matches(j, keyHi, keyLo, vpid, pcid, ep4ta)) {
         i = j;
         break;
       }
-      if (w < 0 && this.valid[j] === 0) w = j;
     }
     if (i < 0) {
       if (w < 0) {
-        const set = base / this.ways;
-        w = base + this.victim[set];
-        this.victim[set] = (this.victim[set] + 1) % this.ways;
+        // Round robin, without a division.
+        const v = this.victim[set];
+        w = base + v;
+        this.victim[set] = v + 1 === this.ways ? 0 : v + 1;
       }
       i = w;
     }
@@ -201,9 +214,18 @@ export class TagCache {
     if (this.nValid === 0) return 0;
     let n = 0;
     const g = this.granule;
-    const base = this.setOf(maskHi(hi, g), maskLo(lo, g));
+    const kHi = maskHi(hi, g);
+    const kLo = maskLo(lo, g);
+    const base = this.setOf(kHi, kLo);
+    const valid = this.valid;
+    const keyLo = this.keyLo;
+    const shift = this.shift;
     for (let i = base; i < base + this.ways; i++) {
-      if (this.valid[i] === 1 && this.tagged(i, vpid, pcid, ep4ta, globalAnyPcid) && this.covers(i, hi, lo)) {
+      // Validity first: a dropped way keeps its old (maybe large) shift and key.
+      if (valid[i] === 0) continue;
+      // An entry no larger than the granule covers exactly its key.
+      if (shift[i] <= g ? keyLo[i] !== kLo || this.keyHi[i] !== kHi : !this.covers(i, hi, lo)) continue;
+      if (this.tagged(i, vpid, pcid, ep4ta, globalAnyPcid)) {
         this.valid[i] = 0;
         this.noteLarge(i, false);
         n++;

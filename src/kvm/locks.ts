@@ -102,23 +102,37 @@ export class MmuLock {
 
   *readLock(who: MmuLockUser = 'other'): Generator<void, void, undefined> {
     if (this.mem.yields) yield;
-    while (this.state < 0) {
+    while (!this.readTrylock(who)) {
       mustWait(this.mem, 'read_lock(mmu_lock)');
       this.waitStep(who);
       yield;
     }
+  }
+
+  /**
+   * read_trylock: take the lock for read unless a writer holds it. Plain
+   * code, no program step: for a caller that nothing can interleave
+   * (!mem.yields), `mem.yields || !readTrylock(who)` then readLock is
+   * read_lock with one program fewer.
+   */
+  readTrylock(who: MmuLockUser = 'other'): boolean {
+    if (this.state < 0) return false;
     this.account();
     this.state++;
     this.readerUsers.push(who);
     this.stats.readLocks[who]++;
+    return true;
   }
 
   readUnlock(who: MmuLockUser = 'other'): void {
     if (this.state <= 0) throw new Error('assertion: read_unlock of mmu_lock not held for read');
-    const i = this.readerUsers.indexOf(who);
+    const users = this.readerUsers;
+    const i = users.indexOf(who);
     if (i < 0) throw new Error(`assertion: read_unlock of mmu_lock by ${who}, not a reader`);
     this.account();
-    this.readerUsers.splice(i, 1);
+    // Not splice: that allocates the array of removed elements.
+    if (i !== users.length - 1) users.copyWithin(i, i + 1);
+    users.pop();
     this.state--;
   }
 

@@ -142,7 +142,8 @@ function* kvmTdpMmuPageFault(kvm: Kvm, vcpu: KvmVcpu, fault: KvmPageFault): Prog
   const r1 = yield* kvmMmuFaultinPfn(kvm, fault);
   if (r1 !== RetPf.Continue) return r1;
   let r = RetPf.Retry;
-  yield* kvm.mmuLock.readLock('fault');
+  // read_lock(&kvm->mmu_lock), uncontended without a program of its own when nothing interleaves.
+  if (kvm.mem.yields || !kvm.mmuLock.readTrylock('fault')) yield* kvm.mmuLock.readLock('fault');
   try {
     if (!isPageFaultStale(kvm, fault)) r = yield* kvm.tdpMmu.map(fault, vcpu.iter);
   } finally {

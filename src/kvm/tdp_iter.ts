@@ -42,6 +42,8 @@ export interface TdpRoot {
 
 /** KVM_PAGES_PER_HPAGE by level, so stepping needs no exponentiation. */
 const PAGES_PER_LEVEL = [0, 1, 512, 512 * 512, 512 ** 3, 512 ** 4];
+/** Their reciprocals: powers of two, so multiplying by one is exact, and much cheaper than dividing. */
+const INV_PAGES_PER_LEVEL = [0, 1, 1 / 512, 1 / 512 ** 2, 1 / 512 ** 3, 1 / 512 ** 4];
 
 /** GFNs mapped by one entry at `level` (KVM_PAGES_PER_HPAGE). */
 export function pagesPerHpage(level: number): number {
@@ -50,8 +52,7 @@ export function pagesPerHpage(level: number): number {
 
 /** `gfn` rounded down to the first GFN an entry at `level` maps (gfn_round_for_level). */
 export function gfnRoundForLevel(gfn: number, level: number): number {
-  const n = pagesPerHpage(level);
-  return Math.floor(gfn / n) * n;
+  return Math.floor(gfn * INV_PAGES_PER_LEVEL[level]) * PAGES_PER_LEVEL[level];
 }
 
 /** Bitwise OR of two non-negative integers below 2^53. */
@@ -64,7 +65,8 @@ function or53(a: number, b: number): number {
 
 /** Index inside a table at `level` of the entry covering `gfn`: SPTE_INDEX(gfn << 12, level). */
 export function spteIndexOfGfn(gfn: number, level: number): number {
-  return Math.floor(gfn / pagesPerHpage(level)) % SPTE_ENT_PER_PAGE;
+  // ToInt32 truncates, and keeps the low bits of any integer below 2^53: no division, no floating-point remainder.
+  return (gfn * INV_PAGES_PER_LEVEL[level]) & (SPTE_ENT_PER_PAGE - 1);
 }
 
 /** Reads one SPTE through PhysMem as a bigint; mirrors kvm_tdp_mmu_read_spte. */

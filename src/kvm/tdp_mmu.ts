@@ -24,7 +24,7 @@ import {
   spteToPfn, type SpteFlavour,
 } from './spte.js';
 import {
-  TdpIter, iterAtPresentLeaf, kvmTdpMmuWriteSpte, sideStepsLeft, tdpMmuClearSpteBits, pagesPerHpage, tdpIterNext, tdpIterSideSteps, tdpIterStart,
+  TdpIter, gfnRoundForLevel, iterAtPresentLeaf, kvmTdpMmuWriteSpte, sideStepsLeft, tdpMmuClearSpteBits, pagesPerHpage, tdpIterNext, tdpIterSideSteps, tdpIterStart,
 } from './tdp_iter.js';
 
 /** Page-fault handler results (enum ret_pf, mmu_internal.h). */
@@ -162,12 +162,20 @@ export class TdpMmu {
   private readonly sps = new Map<number, KvmMmuPage>();
   private readonly accessedLo: number;
   private readonly accessedHi: number;
+  private readonly mmuWritableLo: number;
+  private readonly mmuWritableHi: number;
+  private readonly hostWritableLo: number;
+  private readonly hostWritableHi: number;
   /** Set when handle_changed_spte saw a transition it only warns about (non-present to non-present). */
   warnings: string[] = [];
 
   constructor(readonly vm: TdpMmuVm) {
     this.accessedLo = lo32(vm.flavour.accessedMask);
     this.accessedHi = hi32(vm.flavour.accessedMask);
+    this.mmuWritableLo = lo32(vm.flavour.mmuWritableMask);
+    this.mmuWritableHi = hi32(vm.flavour.mmuWritableMask);
+    this.hostWritableLo = lo32(vm.flavour.hostWritableMask);
+    this.hostWritableHi = hi32(vm.flavour.hostWritableMask);
   }
 
   /** The page-table page at a table address, or an assertion failure. */
@@ -214,8 +222,8 @@ export class TdpMmu {
 
   /** kvm_tdp_mmu_alloc_root: reuse the valid root of the address space, else make one. */
   allocRoot(asId = 0): KvmMmuPage {
-    const found = this.roots.find((r) => r.asId === asId && !r.invalid);
-    if (found !== undefined) return found;
+    // A loop, not find(): this runs on every fault, and a closure would be allocated each time.
+    for (const r of this.roots) if (r.asId === asId && !r.invalid) return r;
     const root = this.allocSp(this.vm.rootLevel, 0, -1, asId);
     this.roots.push(root);
     return root;
@@ -231,12 +239,13 @@ export class TdpMmu {
 
   /**
    * __tdp_mmu_set_spte_atomic: one cmpxchg from it.oldSpte. On failure
-   * returns -EBUSY and it.oldSpte holds the value found.
+   * returns -EBUSY and it.oldSpte holds the value found. Plain code: the
+   * caller yields before it (`if (mem.yields) yield;`), as before any
+   * shared-memory operation.
    */
-  *setSpteAtomicRaw(it: TdpIter, newLo: number, newHi: number): Program<number> {
+  setSpteAtomicRaw(it: TdpIter, newLo: number, newHi: number): number {
     if (it.oldLo === FROZEN_LO && it.oldHi === FROZEN_HI) throw new Error('assertion: atomic set of a FROZEN SPTE');
     const mem = this.vm.mem;
-    if (mem.yields) yield;
     const ok = mem.cmpxchg64(it.sptep, it.oldLo, it.oldHi, newLo, newHi);
     if (!ok) {
       it.takeMem();
@@ -246,14 +255,27 @@ export class TdpMmu {
     return 0;
   }
 
-  /** tdp_mmu_set_spte_atomic: mmu_lock held for read; bookkeeping only on success. */
-  *setSpteAtomic(it: TdpIter, newSpte: bigint): Program<number> {
+  /**
+   * The child table the last setSpteAtomic disconnected, or null: its caller
+   * tears it down at once (before any yield) with handleRemovedPt, shared,
+   * the one part of tdp_mmu_set_spte_atomic that is a program.
+   */
+  removedPt: KvmMmuPage | null = null;
+
+  /**
+   * tdp_mmu_set_spte_atomic, the new SPTE as halves: mmu_lock held for read;
+   * bookkeeping only on success. Plain code like setSpteAtomicRaw (the
+   * caller yields before it), so fault-in runs no program for it; see
+   * removedPt for the rest.
+   */
+  setSpteAtomic(it: TdpIter, newLo: number, newHi: number): number {
     this.vm.mmuLock.assertHeld('read');
-    const old = it.oldSpte;
-    const r = yield* this.setSpteAtomicRaw(it, lo32(newSpte), hi32(newSpte));
+    const oldLo = it.oldLo;
+    const oldHi = it.oldHi;
+    this.removedPt = null;
+    const r = this.setSpteAtomicRaw(it, newLo, newHi);
     if (r !== 0) return r;
-    const removed = this.handleChangedSpte(it.asId, it.gfn, old, newSpte, it.level);
-    if (removed !== null) yield* this.handleRemovedPt(removed, true);
+    this.removedPt = this.handleChangedSpte(it.asId, it.gfn, oldLo, oldHi, newLo, newHi, it.level);
     return 0;
   }
 
@@ -266,7 +288,7 @@ export class TdpMmu {
     this.vm.mmuLock.assertHeld('write');
     if (isFrozenSpte(oldSpte) || isFrozenSpte(newSpte)) throw new Error('assertion: FROZEN_SPTE under the write lock');
     const old = yield* kvmTdpMmuWriteSpte(this.vm.flavour, this.vm.mem, sptep, oldSpte, newSpte, level);
-    const removed = this.handleChangedSpte(asId, gfn, old, newSpte, level);
+    const removed = this.handleChangedSpte(asId, gfn, lo32(old), hi32(old), lo32(newSpte), hi32(newSpte), level);
     if (removed !== null) yield* this.handleRemovedPt(removed, false);
     return old;
   }
@@ -285,33 +307,48 @@ export class TdpMmu {
    * handle_removed_pt in its lock mode (so that only that rare case is a
    * program step). No TLB flush.
    */
-  handleChangedSpte(asId: number, gfn: number, oldSpte: bigint, newSpte: bigint, level: number): KvmMmuPage | null {
+  handleChangedSpte(asId: number, gfn: number, oldLo: number, oldHi: number, newLo: number, newHi: number, level: number): KvmMmuPage | null {
     const f = this.vm.flavour;
-    const wasPresent = isShadowPresentPte(oldSpte);
-    const isPresent = isShadowPresentPte(newSpte);
-    const wasLeaf = wasPresent && isLastSpte(oldSpte, level);
-    const isLeaf = isPresent && isLastSpte(newSpte, level);
-    const pfnChanged = spteToPfn(oldSpte) !== spteToPfn(newSpte);
+    // is_shadow_present_pte is bit 11, is_last_spte a 4K level or bit 7, spte_to_pfn bits 51:12.
+    const wasPresent = (oldLo & 0x800) !== 0;
+    const isPresent = (newLo & 0x800) !== 0;
+    const wasLeaf = wasPresent && (level === PG_LEVEL_4K || (oldLo & 0x80) !== 0);
+    const isLeaf = isPresent && (level === PG_LEVEL_4K || (newLo & 0x80) !== 0);
+    const pfnChanged = ((oldLo ^ newLo) & ~0xfff) !== 0 || ((oldHi ^ newHi) & 0xfffff) !== 0;
     if (level < PG_LEVEL_4K || level > 5) throw new Error(`assertion: SPTE level ${level}`);
-    if (gfn % pagesPerHpage(level) !== 0) throw new Error(`assertion: gfn 0x${gfn.toString(16)} not aligned to level ${level}`);
+    if (gfnRoundForLevel(gfn, level) !== gfn) throw new Error(`assertion: gfn 0x${gfn.toString(16)} not aligned to level ${level}`);
     // PFNs only change by zapping and re-creating: a present leaf turning into another present leaf is a kernel BUG.
     if (wasLeaf && isLeaf && pfnChanged) throw new Error(`assertion (BUG): leaf SPTE for gfn 0x${gfn.toString(16)} changed pfn without a zap`);
-    if (oldSpte === newSpte) return null;
-    if (this.vm.events.kvm_tdp_mmu_spte_changed) this.vm.events.emit('kvm_tdp_mmu_spte_changed', { as_id: asId, gfn, level, old_spte: oldSpte, new_spte: newSpte });
-    if (isLeaf) {
-      const problem = checkSpteWritableInvariants(f, newSpte);
-      if (problem !== null) throw new Error(`assertion: ${problem}: 0x${newSpte.toString(16)}`);
+    if (oldLo === newLo && oldHi === newHi) return null;
+    if (this.vm.events.kvm_tdp_mmu_spte_changed) {
+      this.vm.events.emit('kvm_tdp_mmu_spte_changed', { as_id: asId, gfn, level, old_spte: join64(oldLo, oldHi), new_spte: join64(newLo, newHi) });
+    }
+    if (isLeaf && !this.writableInvariantsHold(newLo, newHi)) {
+      const spte = join64(newLo, newHi);
+      throw new Error(`assertion: ${checkSpteWritableInvariants(f, spte)}: 0x${spte.toString(16)}`);
     }
     if (!wasPresent && !isPresent) {
       // Only MMIO SPTEs and freezing may go from non-present to non-present.
+      const oldSpte = join64(oldLo, oldHi);
+      const newSpte = join64(newLo, newHi);
       if (!isMmioSpte(f, oldSpte) && !isMmioSpte(f, newSpte) && !isFrozenSpte(newSpte)) {
         this.warnings.push(`unexpected non-present to non-present change, gfn 0x${gfn.toString(16)} level ${level}: 0x${oldSpte.toString(16)} -> 0x${newSpte.toString(16)}`);
       }
       return null;
     }
     if (isLeaf !== wasLeaf) this.stats.pages[level] += isLeaf ? 1 : -1;
-    if (wasPresent && !wasLeaf && (isLeaf || !isPresent || pfnChanged)) return this.sp(Number(spteToPfn(oldSpte)) * 4096);
+    if (wasPresent && !wasLeaf && (isLeaf || !isPresent || pfnChanged)) return this.sp((oldHi & 0xfffff) * 4294967296 + ((oldLo & ~0xfff) >>> 0));
     return null;
+  }
+
+  /**
+   * check_spte_writable_invariants on halves, as a test (the bigint
+   * function words the failure): MMU-writable implies host-writable, W
+   * implies MMU-writable.
+   */
+  private writableInvariantsHold(lo: number, hi: number): boolean {
+    if (((lo & this.mmuWritableLo) | (hi & this.mmuWritableHi)) !== 0) return ((lo & this.hostWritableLo) | (hi & this.hostWritableHi)) !== 0;
+    return (lo & 2) === 0;
   }
 
   /**
@@ -327,7 +364,8 @@ export class TdpMmu {
     for (let i = 0; i < SPTE_ENT_PER_PAGE; i++) {
       const sptep = sp.hpa + 8 * i;
       const gfn = sp.gfn + i * step;
-      let old: bigint;
+      let oldLo: number;
+      let oldHi: number;
       if (shared) {
         for (;;) {
           if (mem.yields) yield;
@@ -335,15 +373,17 @@ export class TdpMmu {
           if (mem.lo !== FROZEN_LO || mem.hi !== FROZEN_HI) break;
           if (!mem.yields) throw new Error('assertion: entry stays FROZEN and no other simulated CPU can unfreeze it');
         }
-        old = join64(mem.lo, mem.hi);
+        oldLo = mem.lo;
+        oldHi = mem.hi;
       } else {
         if (mem.yields) yield;
         mem.load64(sptep);
-        old = join64(mem.lo, mem.hi);
-        if (!isShadowPresentPte(old)) continue;
-        old = yield* kvmTdpMmuWriteSpte(f, mem, sptep, old, FROZEN_SPTE, sp.level);
+        if ((mem.lo & 0x800) === 0) continue; // not shadow-present
+        const old = yield* kvmTdpMmuWriteSpte(f, mem, sptep, join64(mem.lo, mem.hi), FROZEN_SPTE, sp.level);
+        oldLo = lo32(old);
+        oldHi = hi32(old);
       }
-      const removed = this.handleChangedSpte(sp.asId, gfn, old, FROZEN_SPTE, sp.level);
+      const removed = this.handleChangedSpte(sp.asId, gfn, oldLo, oldHi, FROZEN_LO, FROZEN_HI, sp.level);
       if (removed !== null) yield* this.handleRemovedPt(removed, shared);
     }
     this.freeSpRcu(sp);
@@ -395,7 +435,10 @@ export class TdpMmu {
   /** tdp_mmu_link_sp (shared): a non-leaf SPTE to the new table, by cmpxchg. */
   private *linkSp(it: TdpIter, sp: KvmMmuPage): Program<number> {
     const spte = makeNonleafSpte(this.vm.flavour, BigInt(sp.hpa), !this.vm.flavour.adEnabled);
-    return yield* this.setSpteAtomic(it, spte);
+    if (this.vm.mem.yields) yield;
+    const r = this.setSpteAtomic(it, lo32(spte), hi32(spte));
+    if (this.removedPt !== null) yield* this.handleRemovedPt(this.removedPt, true);
+    return r;
   }
 
   /**
@@ -420,56 +463,74 @@ export class TdpMmu {
     return 0;
   }
 
-  private readonly templates: (bigint | undefined)[] = [];
+  /** Leaf templates by level * 2 + host writability, as halves; templateMade says which are computed. */
+  private readonly templateLo = new Int32Array(8);
+  private readonly templateHi = new Int32Array(8);
+  private readonly templateMade = new Uint8Array(8);
 
-  /** make_spte(ACC_ALL, pfn 0, not prefetch) for a level and host writability, computed once. */
-  private leafTemplate(level: number, hostWritable: boolean): bigint {
+  /**
+   * make_spte(ACC_ALL, pfn 0, not prefetch) for a level and host
+   * writability, computed once; returns its index in templateLo/templateHi.
+   */
+  private leafTemplate(level: number, hostWritable: boolean): number {
     const k = level * 2 + (hostWritable ? 1 : 0);
-    let t = this.templates[k];
-    if (t === undefined) {
+    if (this.templateMade[k] === 0) {
       const made = makeSpte(this.vm.flavour, { level, pfn: 0n, access: ACC_ALL, hostWritable });
       if (made.wrprot) throw new Error('assertion: a TDP leaf template came out write-protected');
-      t = made.spte;
-      this.templates[k] = t;
+      this.templateLo[k] = lo32(made.spte);
+      this.templateHi[k] = hi32(made.spte);
+      this.templateMade[k] = 1;
     }
-    return t;
+    return k;
   }
 
   /** tdp_mmu_map_handle_target_level: install the leaf (or MMIO SPTE) at the goal level. */
   private *mapHandleTargetLevel(fault: KvmPageFault, it: TdpIter): Program<RetPf> {
     const vm = this.vm;
     const f = vm.flavour;
-    const old = it.oldSpte;
-    if (isShadowPresentPte(old) && (fault.prefetch || isAccessAllowed(f, fault, old)) && isLastSpte(old, it.level)) return RetPf.Spurious;
-    let newSpte: bigint;
+    // The SPTEs travel as halves; bigints are made only for the rarer cases below.
+    const oldLo = it.oldLo;
+    const oldHi = it.oldHi;
+    const wasPresent = (oldLo & 0x800) !== 0;
+    if (wasPresent && (fault.prefetch || isAccessAllowed(f, fault, it.oldSpte)) && isLastSpte(it.oldSpte, it.level)) return RetPf.Spurious;
+    let newLo: number;
+    let newHi: number;
     let wrprot = false;
     if (fault.slot === null) {
-      newSpte = makeMmioSpte(f, BigInt(it.gfn), ACC_ALL, vm.memslotsGeneration());
+      const mmio = makeMmioSpte(f, BigInt(it.gfn), ACC_ALL, vm.memslotsGeneration());
+      newLo = lo32(mmio);
+      newHi = hi32(mmio);
     } else {
       // mmu_try_to_unsync_pages refuses write access to a write-tracked gfn (the TDP MMU has no unsync pages).
       const tracked = vm.isWriteTracked(it.gfn);
       if (fault.prefetch || tracked) {
         const made = makeSpte(f, {
-          level: it.level, pfn: BigInt(fault.pfn), access: ACC_ALL, hostWritable: fault.mapWritable, prefetch: fault.prefetch, oldSpte: old, unsyncRefused: tracked,
+          level: it.level, pfn: BigInt(fault.pfn), access: ACC_ALL, hostWritable: fault.mapWritable, prefetch: fault.prefetch, oldSpte: it.oldSpte, unsyncRefused: tracked,
         });
-        newSpte = made.spte;
+        newLo = lo32(made.spte);
+        newHi = hi32(made.spte);
         wrprot = made.wrprot;
       } else {
-        // With ACC_ALL and no prefetch, make_spte's result is the pfn ORed into a value fixed by level and host writability.
-        newSpte = this.leafTemplate(it.level, fault.mapWritable) | (BigInt(fault.pfn) << 12n);
+        // With ACC_ALL and no prefetch, make_spte's result is the pfn (bits 51:12) ORed into a value fixed by level and host writability.
+        const k = this.leafTemplate(it.level, fault.mapWritable);
+        newLo = this.templateLo[k] | (fault.pfn << 12);
+        newHi = this.templateHi[k] | (fault.pfn / 1048576);
       }
-      // make_spte marks the gfn dirty when it creates a writable SPTE in a dirty-logged slot (6.13+).
-      if ((newSpte & PT_WRITABLE_MASK) !== 0n && slotDirtyLogging(fault.slot)) {
+      // make_spte marks the gfn dirty when it creates a writable (bit 1) SPTE in a dirty-logged slot (6.13+).
+      if ((newLo & 2) !== 0 && slotDirtyLogging(fault.slot)) {
         if (it.level > PG_LEVEL_4K) throw new Error('assertion: huge writable SPTE in a dirty-logged slot');
         markPageDirtyInSlot(fault.slot, it.gfn);
       }
     }
-    if (newSpte === old) return RetPf.Spurious;
-    if ((yield* this.setSpteAtomic(it, newSpte)) !== 0) return RetPf.Retry;
-    if (isShadowPresentPte(old)) {
+    if (newLo === oldLo && newHi === oldHi) return RetPf.Spurious;
+    if (vm.mem.yields) yield;
+    if (this.setSpteAtomic(it, newLo, newHi) !== 0) return RetPf.Retry;
+    if (this.removedPt !== null) yield* this.handleRemovedPt(this.removedPt, true);
+    if (wasPresent) {
       // A huge page replacing a table needs the old translations gone; a leaf change only if MMU-writable was lost.
+      const old = join64(oldLo, oldHi);
       if (!isLastSpte(old, it.level)) vm.flushRemoteTlbs();
-      else if (leafSpteChangeNeedsTlbFlush(f, old, newSpte)) {
+      else if (leafSpteChangeNeedsTlbFlush(f, old, join64(newLo, newHi))) {
         this.warnings.push(`fault-in cleared MMU-writable of gfn 0x${it.gfn.toString(16)}`);
         vm.flushRemoteTlbs();
       }
@@ -480,8 +541,9 @@ export class TdpMmu {
       return RetPf.Emulate;
     }
     if (vm.events.kvm_mmu_set_spte) {
+      const newSpte = join64(newLo, newHi);
       vm.events.emit('kvm_mmu_set_spte', {
-        gfn: it.gfn, spte: newSpte, sptep: it.sptep, level: it.level, r: (newSpte & 1n) !== 0n || f.presentMask !== 0n,
+        gfn: it.gfn, spte: newSpte, sptep: it.sptep, level: it.level, r: (newLo & 1) !== 0 || f.presentMask !== 0n,
         x: isExecutablePte(f, newSpte), u: f.userMask === 0n ? -1 : Number((newSpte & f.userMask) !== 0n),
       });
     }
@@ -712,7 +774,8 @@ export class TdpMmu {
     const vm = this.vm;
     const old = it.oldSpte;
     const neu = markSpteForAccessTrack(vm.flavour, old);
-    if ((yield* this.setSpteAtomicRaw(it, lo32(neu), hi32(neu))) !== 0) {
+    if (vm.mem.yields) yield;
+    if (this.setSpteAtomicRaw(it, lo32(neu), hi32(neu)) !== 0) {
       this.stats.ageLost++;
       return;
     }
@@ -741,7 +804,10 @@ export class TdpMmu {
         for (;;) {
           const old = it.oldSpte;
           if (!isShadowPresentPte(old) || !isLastSpte(old, it.level) || (old & PT_WRITABLE_MASK) === 0n) break;
-          if ((yield* this.setSpteAtomic(it, old & ~PT_WRITABLE_MASK)) === 0) {
+          if (mem.yields) yield;
+          const r = this.setSpteAtomic(it, it.oldLo & ~2, it.oldHi); // W is bit 1
+          if (this.removedPt !== null) yield* this.handleRemovedPt(this.removedPt, true);
+          if (r === 0) {
             set = true;
             break;
           }

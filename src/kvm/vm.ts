@@ -293,8 +293,9 @@ export class Kvm implements TdpMmuVm {
    * the exit and re-enter, until the access completes, faults in the guest,
    * or needs userspace.
    */
-  *access(vcpuId: number, laHi: number, laLo: number, kind: AccessKind, size: number, out: GuestAccess): Generator<unknown, void, undefined> {
-    if (!this.enter(vcpuId, laHi, laLo, kind, size, out)) yield* this.handleExits(vcpuId, laHi, laLo, kind, size, out);
+  access(vcpuId: number, laHi: number, laLo: number, kind: AccessKind, size: number, out: GuestAccess): Generator<unknown, void, undefined> {
+    // One program, whose first step enters: nothing runs before the caller (or a scheduler) steps it.
+    return this.handleExits(vcpuId, laHi, laLo, kind, size, out, true);
   }
 
   /**
@@ -310,8 +311,14 @@ export class Kvm implements TdpMmuVm {
     return this.run(v, laHi, laLo, kind, size, out);
   }
 
-  /** Handles the exit enter() left in out.result, and re-enters until the access is done. */
-  *handleExits(vcpuId: number, laHi: number, laLo: number, kind: AccessKind, size: number, out: GuestAccess): Generator<unknown, void, undefined> {
+  /**
+   * Handles the exit enter() left in out.result, and re-enters until the
+   * access is done; with `enterFirst`, makes that first entry itself.
+   */
+  *handleExits(
+    vcpuId: number, laHi: number, laLo: number, kind: AccessKind, size: number, out: GuestAccess, enterFirst = false,
+  ): Generator<unknown, void, undefined> {
+    if (enterFirst && this.enter(vcpuId, laHi, laLo, kind, size, out)) return;
     const v = this.vcpu(vcpuId);
     for (let tries = 1; ; tries++) {
       if (tries > 1000) throw new Error(`assertion: access at 0x${laLo.toString(16)} still exits after ${tries} entries (livelock)`);

@@ -29,15 +29,19 @@ const PGD_SIZE = 2 ** 39;
 /** TASK_SIZE_MAX with 4-level paging: user addresses lie below it. */
 export const TASK_SIZE = 2 ** 47;
 const TWO32 = 4294967296;
+const INV_TWO32 = 1 / TWO32;
 
 /** Bytes one entry maps at a level (1 = PTE ... 4 = PGD). */
 export function levelSpan(level: number): number {
   return level === 1 ? PAGE_SIZE : level === 2 ? PMD_SIZE : level === 3 ? PUD_SIZE : PGD_SIZE;
 }
 
+/** 1 / levelSpan(level): powers of two, so multiplying by them is exact, and cheaper than dividing. */
+const INV_SPAN = [0, 1 / PAGE_SIZE, 1 / PMD_SIZE, 1 / PUD_SIZE, 1 / PGD_SIZE];
+
 function indexAt(addr: number, level: number): number {
-  // ToInt32 of an integral double is exact modulo 2^32, so the low 9 bits are right.
-  return (addr / levelSpan(level)) & 511;
+  // ToInt32 truncates, and is exact modulo 2^32 for doubles below 2^53, so the low 9 bits are right.
+  return (addr * INV_SPAN[level]) & 511;
 }
 
 /** Physical address in an entry, bits 51:12 (the low flag bits of a huge leaf are flags: PAT is unused here). */
@@ -117,7 +121,8 @@ export class HostPageTable {
     let table = this.pgd;
     for (let level = 4; ; level--) {
       const e = table + indexAt(addr, level) * 8;
-      mem.load64(e);
+      // As halves: a double passed to a call that is not inlined is boxed, an allocation per level.
+      mem.load64Halves((e * INV_TWO32) | 0, e | 0);
       const lo = mem.lo;
       this.entry = e;
       this.lo = lo;

@@ -18,8 +18,15 @@ export class RcuDomain {
   constructor(private readonly syncName = 'synchronize_rcu') {}
 
   private nextToken = 1;
-  private readonly readers = new Set<number>();
-  private readonly pending: { cb: () => void; waitFor: Set<number> }[] = [];
+  /**
+   * Tokens of the open read sections, oldest first (tokens only grow). A
+   * section open at some moment has a token below nextToken then, and every
+   * later one a token at or above it: so "every section open at t has
+   * closed" is "no open token is below nextToken at t".
+   */
+  private readonly open: number[] = [];
+  /** Callbacks in call order, each with nextToken at its call (its barrier: barriers never decrease). */
+  private readonly pending: { cb: () => void; barrier: number }[] = [];
   /** synchronize calls, and scheduler steps they spent waiting. */
   syncs = 0;
   syncWaits = 0;
@@ -29,26 +36,36 @@ export class RcuDomain {
   /** rcu_read_lock / srcu_read_lock; returns the token for readUnlock. */
   readLock(): number {
     const t = this.nextToken++;
-    this.readers.add(t);
+    this.open.push(t);
     return t;
   }
 
   /** rcu_read_unlock / srcu_read_unlock. */
   readUnlock(token: number): void {
-    if (!this.readers.delete(token)) throw new Error('assertion: srcu_read_unlock without srcu_read_lock');
-    for (const p of this.pending) p.waitFor.delete(token);
-    this.runReady();
+    const open = this.open;
+    // Sections mostly nest, so the token is mostly the last.
+    let i = open.length - 1;
+    while (i >= 0 && open[i] !== token) i--;
+    if (i < 0) throw new Error('assertion: srcu_read_unlock without srcu_read_lock');
+    if (i !== open.length - 1) open.copyWithin(i, i + 1);
+    open.pop();
+    if (this.pending.length !== 0) this.runReady();
   }
 
   get readersInside(): number {
-    return this.readers.size;
+    return this.open.length;
+  }
+
+  /** Whether every section open when nextToken was `barrier` has closed. */
+  private passed(barrier: number): boolean {
+    return this.open.length === 0 || this.open[0] >= barrier;
   }
 
   /** synchronize_rcu / synchronize_srcu: wait until every read section open now has closed. */
   *synchronize(cpu: SimCpu): Program<void> {
     this.syncs++;
-    const waitFor = [...this.readers];
-    while (waitFor.some((t) => this.readers.has(t))) {
+    const barrier = this.nextToken;
+    while (!this.passed(barrier)) {
       // Inside one's own read section this is the kernel's self-deadlock.
       if (!cpu.yields) throw new Error(`assertion: ${this.syncName} would wait forever: a read section is open and no other simulated CPU can close it`);
       this.syncWaits++;
@@ -58,7 +75,7 @@ export class RcuDomain {
 
   /** call_rcu / call_srcu: run cb once the sections open now have closed (at once if none is). */
   call(cb: () => void): void {
-    this.pending.push({ cb, waitFor: new Set(this.readers) });
+    this.pending.push({ cb, barrier: this.nextToken });
     this.runReady();
   }
 
@@ -66,14 +83,12 @@ export class RcuDomain {
     return this.pending.length;
   }
 
+  /** Runs the callbacks whose grace period has ended: a prefix of pending, as barriers never decrease. */
   private runReady(): void {
-    for (let i = 0; i < this.pending.length; ) {
-      const p = this.pending[i];
-      if (p.waitFor.size === 0) {
-        this.pending.splice(i, 1);
-        this.callbacksRun++;
-        p.cb();
-      } else i++;
+    while (this.pending.length !== 0 && this.passed(this.pending[0].barrier)) {
+      const p = this.pending.shift()!;
+      this.callbacksRun++;
+      p.cb();
     }
   }
 }
