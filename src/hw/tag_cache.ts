@@ -29,12 +29,18 @@ export class TagCache {
   /**
    * Entries made from pages larger than the granule (4K fragments of 2M/1G
    * pages) live in the set of their own 4K key but cover addresses of other
-   * sets; listing them lets an invalidation for one address look at one set
-   * plus this list instead of the whole cache.
+   * sets. They are also chained in buckets by the page they came from, so
+   * an invalidation for one address looks at one set plus the chains of the
+   * pages that could cover it: a TLB full of fragments of other 1G pages
+   * costs it nothing. Chains are doubly linked through entry indices.
    */
-  private readonly largeList: Int32Array;
-  private readonly largePos: Int32Array;
-  private nLarge = 0;
+  private readonly bucketHead = new Int32Array(LARGE_BUCKETS).fill(-1);
+  /** The bucket entry i is chained in, or -1 when it is not large. */
+  private readonly bucketOf: Int32Array;
+  private readonly chainNext: Int32Array;
+  private readonly chainPrev: Int32Array;
+  /** Large entries by page shift (only 21 and 30 occur). */
+  private readonly largeAt = new Int32Array(31);
   /** Entries inserted so far (statistics). */
   fills = 0;
   /** Valid entries now: an invalidation of an empty cache has nothing to look at. */
@@ -72,22 +78,36 @@ export class TagCache {
     this.gpa = new Float64Array(entries);
     this.rights = new Int32Array(entries);
     this.victim = new Uint8Array(sets);
-    this.largeList = new Int32Array(entries);
-    this.largePos = new Int32Array(entries).fill(-1);
+    this.bucketOf = new Int32Array(entries).fill(-1);
+    this.chainNext = new Int32Array(entries);
+    this.chainPrev = new Int32Array(entries);
   }
 
-  /** Keeps entry i in the large-entry list exactly when it is valid and large. */
-  private noteLarge(i: number, large: boolean): void {
-    const at = this.largePos[i];
-    if (large && at < 0) {
-      this.largeList[this.nLarge] = i;
-      this.largePos[i] = this.nLarge++;
-    } else if (!large && at >= 0) {
-      const last = this.largeList[--this.nLarge];
-      this.largeList[at] = last;
-      this.largePos[last] = at;
-      this.largePos[i] = -1;
-    }
+  /** Chains entry i (valid, larger than the granule) in the bucket of the page it came from. */
+  private chain(i: number): void {
+    const shift = this.shift[i];
+    if (shift !== 21 && shift !== 30) throw new Error(`assertion: a cache entry larger than its granule made from a page of shift ${shift}`);
+    const b = largeBucket(this.keyHi[i], this.keyLo[i], shift);
+    const head = this.bucketHead[b];
+    this.chainNext[i] = head;
+    this.chainPrev[i] = -1;
+    if (head >= 0) this.chainPrev[head] = i;
+    this.bucketHead[b] = i;
+    this.bucketOf[i] = b;
+    this.largeAt[shift]++;
+  }
+
+  /** Takes entry i out of its chain, if it is in one (before its key or shift change, or it stops being valid). */
+  private unchain(i: number): void {
+    const b = this.bucketOf[i];
+    if (b < 0) return;
+    const next = this.chainNext[i];
+    const prev = this.chainPrev[i];
+    if (prev >= 0) this.chainNext[prev] = next;
+    else this.bucketHead[b] = next;
+    if (next >= 0) this.chainPrev[next] = prev;
+    this.bucketOf[i] = -1;
+    this.largeAt[this.shift[i]]--;
   }
 
   /** Index of the set a key lives in. */
@@ -158,6 +178,7 @@ export class TagCache {
       i = w;
     }
     if (this.valid[i] === 0) this.nValid++;
+    this.unchain(i);
     this.valid[i] = 1;
     this.keyHi[i] = keyHi;
     this.keyLo[i] = keyLo;
@@ -169,7 +190,7 @@ export class TagCache {
     this.hpa[i] = hpa;
     this.gpa[i] = gpa;
     this.rights[i] = rights;
-    this.noteLarge(i, shift > this.granule);
+    if (shift > this.granule) this.chain(i);
     this.fills++;
     this.epoch[0]++;
     return i;
@@ -184,8 +205,9 @@ export class TagCache {
   clear(): void {
     this.valid.fill(0);
     this.nValid = 0;
-    this.largePos.fill(-1);
-    this.nLarge = 0;
+    this.bucketHead.fill(-1);
+    this.bucketOf.fill(-1);
+    this.largeAt.fill(0);
     this.epoch[0]++;
   }
 
@@ -195,7 +217,7 @@ export class TagCache {
     for (let i = 0; i < this.valid.length; i++) {
       if (this.valid[i] === 1 && pred(i)) {
         this.valid[i] = 0;
-        this.noteLarge(i, false);
+        this.unchain(i);
         n++;
       }
     }
@@ -208,7 +230,8 @@ export class TagCache {
    * Drop the entries that cover the address (hi, lo) and carry these tags
    * (vpid or pcid -1: any; a global entry matches any PCID when
    * `globalAnyPcid`): what a scan with covers() and the same test would drop,
-   * found by looking at the address's set and at the large entries only.
+   * found by looking at the address's set and at the chains of the 2M and
+   * 1G pages that contain the address.
    */
   dropCovering(hi: number, lo: number, vpid: number, pcid: number, ep4ta: number, globalAnyPcid: boolean): number {
     if (this.nValid === 0) return 0;
@@ -227,17 +250,22 @@ export class TagCache {
       if (shift[i] <= g ? keyLo[i] !== kLo || this.keyHi[i] !== kHi : !this.covers(i, hi, lo)) continue;
       if (this.tagged(i, vpid, pcid, ep4ta, globalAnyPcid)) {
         this.valid[i] = 0;
-        this.noteLarge(i, false);
+        this.unchain(i);
         n++;
       }
     }
-    // Backwards: removing entry k moves the last (already visited) entry into k.
-    for (let k = this.nLarge - 1; k >= 0; k--) {
-      const i = this.largeList[k];
-      if (this.valid[i] === 1 && this.tagged(i, vpid, pcid, ep4ta, globalAnyPcid) && this.covers(i, hi, lo)) {
-        this.valid[i] = 0;
-        this.noteLarge(i, false);
-        n++;
+    // The large entries: only those chained under the pages, of each size present, that contain the address.
+    for (let k = 0; k < LARGE_SHIFTS.length; k++) {
+      const s = LARGE_SHIFTS[k];
+      if (s <= g || this.largeAt[s] === 0) continue;
+      for (let i = this.bucketHead[largeBucket(hi, lo, s)]; i >= 0; ) {
+        const next = this.chainNext[i];
+        if (this.tagged(i, vpid, pcid, ep4ta, globalAnyPcid) && this.covers(i, hi, lo)) {
+          this.valid[i] = 0;
+          this.unchain(i);
+          n++;
+        }
+        i = next;
       }
     }
     this.nValid -= n;
@@ -259,6 +287,17 @@ export class TagCache {
     if (s >= 32) return this.keyHi[i] >>> (s - 32) === hi >>> (s - 32);
     return this.keyHi[i] === hi && this.keyLo[i] >>> s === lo >>> s;
   }
+}
+
+/** Shifts of the pages whose 4K fragments can be large entries: 2M and 1G. */
+const LARGE_SHIFTS = [21, 30];
+const LARGE_BUCKET_BITS = 6;
+const LARGE_BUCKETS = 1 << LARGE_BUCKET_BITS;
+
+/** The bucket of the page of size 2^shift holding the address (hi, lo): a hash of its page number and size. */
+function largeBucket(hi: number, lo: number, shift: number): number {
+  const page = (lo >>> shift) | (hi << (32 - shift));
+  return Math.imul(page + shift, 0x9e3779b1) >>> (32 - LARGE_BUCKET_BITS);
 }
 
 /** Mask the address (hi, lo) down to a granule: returns the low half; the high half is maskHi(). */

@@ -39,6 +39,42 @@ describe('TagCache', () => {
     );
   });
 
+  it('dropCovering drops exactly what a scan of every entry with covers() and the tags would (fragments of many 2M and 1G pages)', () => {
+    // Addresses in 4 1G pages, 2 2M pages each, 4 4K pages each, below and above 4 GiB.
+    const addr = fc.record({ hi: fc.integer({ min: 0, max: 1 }), gig: fc.integer({ min: 0, max: 3 }), meg: fc.integer({ min: 0, max: 1 }), page: fc.integer({ min: 0, max: 3 }) });
+    const lo = (a: { gig: number; meg: number; page: number }) => ((a.gig << 30) | (a.meg << 21) | (a.page << 12)) | 0;
+    const step = fc.oneof(
+      fc.record({ insert: addr, vpid: fc.integer({ min: 0, max: 1 }), shift: fc.constantFrom(12, 21, 30) }),
+      fc.record({ drop: addr, vpid: fc.integer({ min: -1, max: 1 }) }),
+    );
+    fc.assert(
+      fc.property(fc.array(step, { maxLength: 120 }), (steps) => {
+        const c = new TagCache(32, 4, 12); // 8 sets of 4 ways: replacements happen
+        for (const st of steps) {
+          if ('insert' in st) {
+            c.insert(st.insert.hi, lo(st.insert), st.vpid, 0, 0, false, st.shift, 0x1000, 0x1000, 7);
+            continue;
+          }
+          const hi = st.drop.hi;
+          const l = lo(st.drop);
+          const expected: number[] = [];
+          for (let i = 0; i < c.valid.length; i++) if (c.valid[i] === 1 && (st.vpid < 0 || c.vpid[i] === st.vpid) && c.covers(i, hi, l)) expected.push(i);
+          const before = Uint8Array.from(c.valid);
+          expect(c.dropCovering(hi, l, st.vpid, -1, 0, false)).toBe(expected.length);
+          const dropped: number[] = [];
+          for (let i = 0; i < c.valid.length; i++) if (before[i] === 1 && c.valid[i] === 0) dropped.push(i);
+          expect(dropped).toEqual(expected);
+        }
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  it('an entry larger than the granule must come from a 2M or 1G page', () => {
+    const c = new TagCache(16, 4, 12);
+    expect(() => c.insert(0, 0, 0, 0, 0, false, 39, 0, 0, 7)).toThrow('assertion: a cache entry larger than its granule made from a page of shift 39');
+  });
+
   it('an invalidation of an empty cache drops nothing and leaves the epoch alone', () => {
     const c = new TagCache(16, 4, 12);
     expect(c.dropCovering(0, 0x5000, -1, -1, 0, true)).toBe(0);
