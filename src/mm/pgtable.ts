@@ -118,10 +118,10 @@ export class HostPageTable {
 
   /**
    * Walks from the pgd to the entry mapping addr: stops at a leaf (level 1,
-   * or a PSE entry at level 2/3) or at a non-present entry. Returns the level
-   * where it stopped; `present` tells which.
+   * or a PSE entry at level 2/3) or at a non-present entry, or at level
+   * `lowest` whatever it holds. Returns the level where it stopped.
    */
-  walk(addr: number): number {
+  walk(addr: number, lowest = 1): number {
     const mem = this.mem;
     // The table address as halves (tables are page aligned, so an entry's low half is table | index * 8): a double carried across levels was boxed at each one.
     let tHi = this.pgdHi;
@@ -130,7 +130,7 @@ export class HostPageTable {
       const eLo = tLo | (indexAt(addr, level) * 8);
       mem.load64Halves(tHi, eLo);
       const lo = mem.lo;
-      if ((lo & _PAGE_PRESENT) === 0 || level === 1 || (level <= 3 && (lo & _PAGE_PSE) !== 0)) {
+      if ((lo & _PAGE_PRESENT) === 0 || level === lowest || (level <= 3 && (lo & _PAGE_PSE) !== 0)) {
         this.entry = tHi * TWO32 + (eLo >>> 0);
         this.lo = lo;
         this.hi = mem.hi;
