@@ -144,7 +144,7 @@ export class FolioTable {
   /** prep_new_page / prep_compound_page: refcount 1, no mapping, zero content. */
   prepNewPage(pfn: number, order: number): void {
     const i = this.idx(pfn);
-    const n = 2 ** order;
+    const n = 1 << order; // orders stay below 31
     const o = order << ORDER_PGOFF;
     this.flags[i] = order === 0 ? 0 : PG_head | o;
     this.refcount[i] = 1;
@@ -224,7 +224,7 @@ export class FolioTable {
     else this.tail[list] = i;
     this.head[list] = i;
     this.list[i] = list + 1;
-    this.nrPages[list] += 2 ** this.order(pfn);
+    this.nrPages[list] += 1 << ((this.flags[i] & ORDER_MASK) >>> ORDER_PGOFF); // folio_nr_pages
     this.flags[i] |= PG_lru;
   }
 

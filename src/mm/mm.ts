@@ -515,11 +515,15 @@ export class MmStruct {
     return level === 1 ? base : base + ((hva / PAGE_SIZE) & (level === 2 ? 511 : 262143));
   }
 
-  /** Level of the host mapping of hva (host_pfn_mapping_level: a lockless walk); 4K when unmapped. */
+  /**
+   * Level of the host mapping of hva (host_pfn_mapping_level: a lockless
+   * walk that reads down to the PMD, never the PTE); 4K when unmapped.
+   */
   hostMappingLevel(hva: number): HostLevel {
     const pt = this.pt;
-    const level = pt.walk(hva);
-    return level <= 3 && pt.present ? (level as HostLevel) : 1;
+    const level = pt.walk(hva, 2);
+    if (!pt.present) return 1;
+    return level === 3 || (pt.lo & _PAGE_PSE) !== 0 ? (level as HostLevel) : 1;
   }
 
   /** Frame mapped at hva, or null; no fault, no A/D change. */

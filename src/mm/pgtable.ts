@@ -101,6 +101,9 @@ export type LeafVisitor = (entryHpa: number, level: number, addr: number, lo: nu
 export class HostPageTable {
   /** mm->pgd. */
   readonly pgd: number;
+  /** pgd as halves, for walk. */
+  private readonly pgdHi: number;
+  private readonly pgdLo: number;
   // Result of the last walk: the entry where it stopped and its value.
   level = 0;
   entry = 0;
@@ -109,27 +112,33 @@ export class HostPageTable {
 
   constructor(readonly mem: PhysMem, readonly pages: PageAllocator) {
     this.pgd = pages.allocTablePage(); // pgd_alloc
+    this.pgdHi = (this.pgd * INV_TWO32) | 0;
+    this.pgdLo = this.pgd | 0;
   }
 
   /**
    * Walks from the pgd to the entry mapping addr: stops at a leaf (level 1,
-   * or a PSE entry at level 2/3) or at a non-present entry. Returns the level
-   * where it stopped; `present` tells which.
+   * or a PSE entry at level 2/3) or at a non-present entry, or at level
+   * `lowest` whatever it holds. Returns the level where it stopped.
    */
-  walk(addr: number): number {
+  walk(addr: number, lowest = 1): number {
     const mem = this.mem;
-    let table = this.pgd;
+    // The table address as halves (tables are page aligned, so an entry's low half is table | index * 8): a double carried across levels was boxed at each one.
+    let tHi = this.pgdHi;
+    let tLo = this.pgdLo;
     for (let level = 4; ; level--) {
-      const e = table + indexAt(addr, level) * 8;
-      // As halves: a double passed to a call that is not inlined is boxed, an allocation per level.
-      mem.load64Halves((e * INV_TWO32) | 0, e | 0);
+      const eLo = tLo | (indexAt(addr, level) * 8);
+      mem.load64Halves(tHi, eLo);
       const lo = mem.lo;
-      this.entry = e;
-      this.lo = lo;
-      this.hi = mem.hi;
-      this.level = level;
-      if ((lo & _PAGE_PRESENT) === 0 || level === 1 || (level <= 3 && (lo & _PAGE_PSE) !== 0)) return level;
-      table = entryAddr(lo, mem.hi);
+      if ((lo & _PAGE_PRESENT) === 0 || level === lowest || (level <= 3 && (lo & _PAGE_PSE) !== 0)) {
+        this.entry = tHi * TWO32 + (eLo >>> 0);
+        this.lo = lo;
+        this.hi = mem.hi;
+        this.level = level;
+        return level;
+      }
+      tHi = mem.hi & 0xfffff;
+      tLo = lo & ~0xfff;
     }
   }
 
