@@ -85,4 +85,20 @@ describe('random traces from the verb schema', () => {
     // The generator must reach the runner, not only the validator.
     expect(ran).toBeGreaterThan(300);
   });
+
+  it('arbitrary text after a valid first line is refused with a TraceError or parsed; nothing else is thrown', () => {
+    const junk = fc.array(fc.oneof(fc.string({ unit: 'grapheme', maxLength: 40 }), fc.string({ unit: 'binary', maxLength: 40 }), traceArb), { maxLength: 6 });
+    fc.assert(
+      fc.property(fc.constantFrom(...VM_HEADS, ...MACHINE_HEADS), junk, (head, rest) => {
+        const text = [head, ...rest].join('\n');
+        try {
+          parseTrace('junk.trace', text);
+        } catch (e) {
+          if (!(e instanceof TraceError)) throw e;
+          expect(e.message).toMatch(/^junk\.trace:\d+:\d+: \S/);
+        }
+      }),
+      { numRuns: 1000, seed: 20261123 },
+    );
+  });
 });
