@@ -23,6 +23,7 @@ function valueArb(t: ArgType, key: string): fc.Arbitrary<string> {
     case 'size':
       return fc.constantFrom(...SIZES);
     case 'int':
+      if (key === 'vcpu') return fc.constantFrom('0', '1');
       return fc.integer({ min: t.min, max: Math.min(t.max, t.min + 7) }).map(String);
     default:
       return fc.constantFrom(...t.values);
@@ -35,7 +36,7 @@ function commandArb(name: string, spec: VerbSpec, vm: boolean): fc.Arbitrary<str
   const head = subs.length === 0 ? fc.constant<[string, VerbSpec]>([name, spec]) : fc.constantFrom(...subs.map(([w, s]) => [`${name} ${w}`, s] as [string, VerbSpec]));
   return head.chain(([verb, s]) => {
     const refused = (k: string) => vm && s.machineOnly !== undefined && k in s.machineOnly;
-    const keys = Object.entries(s.keys).filter(([k]) => k !== 'vcpu' && !refused(k));
+    const keys = Object.entries(s.keys).filter(([k]) => !refused(k));
     const args = keys.map(([k, t]) => {
       const v = valueArb(t, k).map((x) => `${k}=${x}`);
       return (s.required ?? []).includes(k) ? v : fc.option(v, { nil: '' });
@@ -51,16 +52,30 @@ function commandArb(name: string, spec: VerbSpec, vm: boolean): fc.Arbitrary<str
 }
 
 const VM_HEADS = ['vm tdp=ept memory=64M', 'vm tdp=npt memory=16M', 'vm tdp=ept memory=8M lru=mglru', 'vm tdp=ept memory=8M ad=off'];
-const MACHINE_HEADS = ['machine mode=ept', 'machine mode=npt', 'machine mode=native'];
 const BODY_VERBS = Object.keys(VERBS).filter((v) => v !== 'vm' && v !== 'machine' && v !== 'guest');
 
 /** A trace: a first line, a guest mapping for VM-level ones, then up to 25 random commands. */
+/** A consistent `vm` line: A/D switch and walk length only under EPT, a policy only with MGLRU, 2M host pages only without reclaim. */
+const vmHead = fc
+  .record({
+    tdp: fc.constantFrom('ept', 'npt'), ad: fc.constantFrom('on', 'off'), levels: fc.constantFrom(4, 5), vcpus: fc.constantFrom(1, 2), memory: fc.constantFrom('8M', '64M'),
+    host_page: fc.constantFrom('4k', '2m'), tlb: fc.constantFrom('on', 'off'), kernel: fc.constantFrom('6.12', '6.13', '6.17'), lru: fc.constantFrom('classic', 'mglru'),
+    policy: fc.constantFrom('eviction-only', 'current', 'v3-bitmap', 'fast-only'), swap: fc.constantFrom('1M', '64M'),
+  })
+  .chain((o) => fc.subarray(Object.keys(o)).map((keys) => {
+    const lru = keys.includes('lru');
+    const pick = keys.filter(
+      (k) => k !== 'tdp' && ((k !== 'ad' && k !== 'levels') || o.tdp === 'ept') && (k !== 'policy' || (lru && o.lru === 'mglru')) && (k !== 'host_page' || !lru),
+    );
+    return `vm tdp=${o.tdp} ` + pick.map((k) => `${k}=${o[k as keyof typeof o]}`).join(' ');
+  }));
+const MACHINE_HEADS = ['machine mode=ept vcpus=2', 'machine mode=npt vcpus=2', 'machine mode=native vcpus=2', 'machine mode=ept vcpus=2 tlb=off', 'machine mode=npt vcpus=2 psc=off'];
 const traceArb = fc.boolean().chain((vm) => {
   const body = fc.array(
     fc.constantFrom(...BODY_VERBS.filter((v) => VERBS[v].scope === undefined || VERBS[v].scope === (vm ? 'vm' : 'machine'))).chain((v) => commandArb(v, VERBS[v], vm)),
     { maxLength: 25 },
   );
-  const head = fc.constantFrom(...(vm ? VM_HEADS : MACHINE_HEADS)).map((h) => (vm ? `${h}\nguest map gva=0x400000 gpa=0x100000 size=64K` : h));
+  const head = (vm ? vmHead : fc.constantFrom(...MACHINE_HEADS)).map((h) => (vm ? `${h}\nguest map gva=0x400000 gpa=0x100000 size=64K` : h));
   return fc.tuple(head, body).map(([h, b]) => [h, ...b].join('\n'));
 });
 
