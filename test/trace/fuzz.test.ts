@@ -2,7 +2,8 @@
  * Bad input never crashes (brief, trace-format.md): random traces built
  * from the verb schema, with plausible addresses and values, either are
  * refused with a TraceError naming a line of the file, or run to the end
- * (expect failures are results, not crashes). Anything else thrown (a
+ * (expect failures are results, not crashes); and the walk inspector and
+ * the dump then print or refuse with a message. Anything else thrown (a
  * TypeError, a failed model assertion) is a bug this test catches.
  */
 import fc from 'fast-check';
@@ -11,6 +12,10 @@ import { TraceError } from '../../src/trace/ast.js';
 import { parseTrace } from '../../src/trace/parse.js';
 import { Runner } from '../../src/trace/runner.js';
 import { VERBS, type ArgType, type VerbSpec } from '../../src/trace/verbs.js';
+import { probeWalk, walkJson, walkText } from '../../src/cli/walk.js';
+import { TABLES, dumpJson, dumpTables, dumpText } from '../../src/cli/dump.js';
+import { UsageError } from '../../src/cli/load.js';
+import { AccessKind, UnsupportedError } from '../../src/hw/result.js';
 
 const ADDRS = ['0x0', '0x8', '0x1000', '0x2000', '0x7000', '0x100000', '0x200000', '0x3ff000', '0x400000', '0x401000', '0x40000000', '0x123456789000'];
 const VALUES = ['0x0', '0x87', '0x107', '0x337', '0x1027', '0x2007', '0x3067', '0x8000000000000001'];
@@ -115,5 +120,43 @@ describe('random traces from the verb schema', () => {
       }),
       { numRuns: 1000, seed: 20261123 },
     );
+  });
+
+  it('the walk inspector and the table dump after any trace that ran print, or refuse the probe with a message; nothing else is thrown', () => {
+    let ran = 0;
+    // Addresses mapped, unmapped, canonical and not.
+    const gvas = fc.constantFrom(0x400000n, 0x401008n, 0x0n, 0x7ffffffff000n, 0xffff800000000000n, 0x800000000000n);
+    fc.assert(
+      fc.property(traceArb, gvas, fc.constantFrom(AccessKind.Read, AccessKind.Write, AccessKind.Fetch), fc.boolean(), (text, gva, kind, user) => {
+        let m;
+        try {
+          m = new Runner(parseTrace('fuzz.trace', text), { quiet: true }).run().machine;
+        } catch (e) {
+          if (e instanceof TraceError) return;
+          throw e;
+        }
+        ran++;
+        // The CLI turns these two into `walk: message` / `dump: message`, exit 2.
+        const refused = (e: unknown) => e instanceof UsageError || e instanceof UnsupportedError;
+        try {
+          const p = probeWalk(m, 0, gva, kind, user);
+          expect(walkText(m, p, 'fuzz.trace', null).length).toBeGreaterThan(0);
+          JSON.stringify(walkJson(p, 'fuzz.trace', null));
+        } catch (e) {
+          if (!refused(e)) throw e;
+        }
+        for (const t of TABLES) {
+          try {
+            const d = dumpTables(m, 0, t);
+            expect(dumpText(d, m, 'fuzz.trace', null).length).toBeGreaterThan(0);
+            JSON.stringify(dumpJson(d, 'fuzz.trace', null));
+          } catch (e) {
+            if (!refused(e)) throw e;
+          }
+        }
+      }),
+      { numRuns: 300, seed: 20261123 },
+    );
+    expect(ran).toBeGreaterThan(100);
   });
 });
