@@ -117,7 +117,7 @@ export class Runner {
     if (trace.commands[0].verb === 'vm') {
       const json = opts.json === true;
       const sink = (name: string, fields: EventFields) => {
-        if (!this.quiet) this.emit(json ? JSON.stringify(eventObject(this.current!.line, name, fields)) : eventText(this.current!.line, name, fields));
+        if (!this.quiet) this.emit(json ? JSON.stringify(eventObject(this.current?.line ?? 0, name, fields)) : eventText(this.current?.line ?? 0, name, fields));
       };
       this.vm = new VmSession(trace, opts.events === undefined ? null : { names: opts.events, sink });
       this.machine = this.vm.kvm.machine;
