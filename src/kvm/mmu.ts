@@ -48,7 +48,12 @@ export function eptViolationErrorCode(qual: number): number {
 
 /**
  * Handles one EPT violation, EPT misconfiguration or NPF exit: the exit
- * handler, then kvm_mmu_page_fault. Returns the RET_PF_* result, or EFAULT.
+ * handler, then kvm_mmu_page_fault and, in line, kvm_tdp_mmu_page_fault:
+ * fast path, kvm_mmu_faultin_pfn, then kvm_tdp_mmu_map under mmu_lock held
+ * for read. The kernel functions that never give way to another CPU are
+ * plain functions here; their program steps (the smp_rmb points, the lock)
+ * sit in this one program, since every generator layer costs a fault-in
+ * tens of nanoseconds. Returns the RET_PF_* result, or EFAULT.
  */
 export function* kvmMmuPageFault(kvm: Kvm, vcpu: KvmVcpu, exit: AccessResult): Program<RetPf | typeof EFAULT> {
   let errorCode: number;
@@ -60,12 +65,33 @@ export function* kvmMmuPageFault(kvm: Kvm, vcpu: KvmVcpu, exit: AccessResult): P
   kvm.stats.pageFaults++;
   if (kvm.events.kvm_page_fault) kvm.events.emit('kvm_page_fault', { vcpu_id: vcpu.id, fault_address: gpa, error_code: errorCode });
   const fault = initFault(vcpu.fault, kvm, gpa, errorCode);
-  let r: RetPf | typeof EFAULT;
-  if (fault.rsvd) {
-    r = yield* handleMmioPageFault(kvm, vcpu, fault);
-    if (r === RetPf.Invalid) r = yield* kvmTdpMmuPageFault(kvm, vcpu, fault);
-  } else {
-    r = yield* kvmTdpMmuPageFault(kvm, vcpu, fault);
+  let r: RetPf | typeof EFAULT = RetPf.Invalid;
+  if (fault.rsvd) r = yield* handleMmioPageFault(kvm, vcpu, fault);
+  // kvm_tdp_mmu_page_fault, when the MMIO path did not settle the fault.
+  if (r === RetPf.Invalid && pageFaultCanBeFast(kvm, fault)) r = yield* fastPageFault(kvm, vcpu, fault);
+  if (r === RetPf.Invalid) {
+    // kvm_mmu_faultin_pfn: the snapshot, smp_rmb, the pfn, and the unlocked re-check.
+    fault.mmuSeq = kvm.invalidate.seq;
+    if (kvm.mem.yields) yield; // smp_rmb: the snapshot comes before the pfn
+    r = kvmMmuFaultinPfn(kvm, fault);
+    if (r === RetPf.Continue && fault.slot !== null) {
+      if (kvm.mem.yields) yield;
+      if (retryGfnUnsafe(kvm, fault)) r = RetPf.Retry;
+    }
+  }
+  if (r === RetPf.Continue) {
+    r = RetPf.Retry;
+    // read_lock(&kvm->mmu_lock), uncontended without a program of its own when nothing interleaves.
+    if (kvm.mem.yields || !kvm.mmuLock.readTrylock('fault')) yield* kvm.mmuLock.readLock('fault');
+    try {
+      if (!isPageFaultStale(kvm, fault)) {
+        // kvm_tdp_mmu_map begins with kvm_mmu_hugepage_adjust, under the lock.
+        hugepageAdjust(kvm, fault);
+        r = yield* kvm.tdpMmu.map(fault, vcpu.iter);
+      }
+    } finally {
+      kvm.mmuLock.readUnlock('fault');
+    }
   }
   countResult(kvm, r);
   return r;
@@ -133,25 +159,6 @@ function* handleMmioPageFault(kvm: Kvm, vcpu: KvmVcpu, fault: KvmPageFault): Pro
   );
 }
 
-/** kvm_tdp_mmu_page_fault: fast path, fault-in of the pfn, then the map under the read lock. */
-function* kvmTdpMmuPageFault(kvm: Kvm, vcpu: KvmVcpu, fault: KvmPageFault): Program<RetPf | typeof EFAULT> {
-  if (pageFaultCanBeFast(kvm, fault)) {
-    const r0 = yield* fastPageFault(kvm, vcpu, fault);
-    if (r0 !== RetPf.Invalid) return r0;
-  }
-  const r1 = yield* kvmMmuFaultinPfn(kvm, fault);
-  if (r1 !== RetPf.Continue) return r1;
-  let r = RetPf.Retry;
-  // read_lock(&kvm->mmu_lock), uncontended without a program of its own when nothing interleaves.
-  if (kvm.mem.yields || !kvm.mmuLock.readTrylock('fault')) yield* kvm.mmuLock.readLock('fault');
-  try {
-    if (!isPageFaultStale(kvm, fault)) r = yield* kvm.tdpMmu.map(fault, vcpu.iter);
-  } finally {
-    kvm.mmuLock.readUnlock('fault');
-  }
-  return r;
-}
-
 /** is_page_fault_stale: an invalidation covering the gfn ran or is running since the snapshot. */
 export function isPageFaultStale(kvm: Kvm, fault: KvmPageFault): boolean {
   return fault.slot !== null && kvm.invalidate.retryGfn(fault.mmuSeq, fault.gfn);
@@ -163,13 +170,12 @@ function retryGfnUnsafe(kvm: Kvm, fault: KvmPageFault): boolean {
 }
 
 /**
- * kvm_mmu_faultin_pfn: snapshot mmu_invalidate_seq, then resolve gfn -> hva
- * -> pfn through the host mm (hva_to_pfn faults the host page in), checking
- * for a racing invalidation before and after; then kvm_mmu_hugepage_adjust.
+ * kvm_mmu_faultin_pfn between the caller's mmu_invalidate_seq snapshot and
+ * its last re-check: the unlocked check for a racing invalidation, then gfn
+ * -> hva -> pfn through the host mm (hva_to_pfn faults the host page in).
+ * A gfn with no memslot continues to an MMIO SPTE when MMIO caching is on.
  */
-function* kvmMmuFaultinPfn(kvm: Kvm, fault: KvmPageFault): Program<RetPf | typeof EFAULT> {
-  fault.mmuSeq = kvm.invalidate.seq;
-  if (kvm.mem.yields) yield; // smp_rmb: the snapshot comes before the pfn
+function kvmMmuFaultinPfn(kvm: Kvm, fault: KvmPageFault): RetPf | typeof EFAULT {
   const slot = fault.slot;
   if (slot === null) {
     // kvm_handle_noslot_fault: cache an MMIO SPTE when MMIO caching is on, else emulate right away.
@@ -178,15 +184,16 @@ function* kvmMmuFaultinPfn(kvm: Kvm, fault: KvmPageFault): Program<RetPf | typeo
   }
   if (retryGfnUnsafe(kvm, fault)) return RetPf.Retry;
   if ((slot.flags & KVM_MEM_READONLY) !== 0 && fault.write) return RetPf.Emulate; // KVM_PFN_ERR_RO_FAULT
-  const hva = slot.userspace_addr + (fault.gfn - slot.base_gfn) * 4096;
-  const got = kvm.mm.hvaToPfn(hva, fault.write);
+  const got = kvm.mm.hvaToPfn(gfnToHva(slot, fault.gfn), fault.write);
   if (!got.ok) return EFAULT;
   fault.pfn = got.pfn;
   fault.mapWritable = got.writable && (slot.flags & KVM_MEM_READONLY) === 0;
-  if (kvm.mem.yields) yield;
-  if (retryGfnUnsafe(kvm, fault)) return RetPf.Retry;
-  hugepageAdjust(kvm, fault, slot, hva);
   return RetPf.Continue;
+}
+
+/** __gfn_to_hva_memslot. */
+function gfnToHva(slot: KvmMemorySlot, gfn: number): number {
+  return slot.userspace_addr + (gfn - slot.base_gfn) * 4096;
 }
 
 /**
@@ -194,10 +201,11 @@ function* kvmMmuFaultinPfn(kvm: Kvm, fault: KvmPageFault): Program<RetPf | typeo
  * alignment (lpage_info) and the host mapping both allow, unless the slot is
  * dirty-logged.
  */
-function hugepageAdjust(kvm: Kvm, fault: KvmPageFault, slot: KvmMemorySlot, hva: number): void {
+function hugepageAdjust(kvm: Kvm, fault: KvmPageFault): void {
   fault.hugePageDisallowed = false; // the NX huge-page mitigation is off
-  if (fault.maxLevel === PG_LEVEL_4K || slotDirtyLogging(slot)) return;
-  const host = kvm.mm.hostMappingLevel(hva);
+  const slot = fault.slot;
+  if (slot === null || fault.maxLevel === PG_LEVEL_4K || slotDirtyLogging(slot)) return;
+  const host = kvm.mm.hostMappingLevel(gfnToHva(slot, fault.gfn));
   let level = Math.min(fault.maxLevel, host);
   while (level > PG_LEVEL_4K && !lpageAllowed(kvm, slot, fault.gfn, level)) level--;
   fault.reqLevel = level;

@@ -411,7 +411,20 @@ export class TdpMmu {
       if (mem.yields) yield;
       for (tdpIterStart(it, root, PG_LEVEL_4K, fault.gfn); it.valid && it.gfn < fault.gfn + 1; ) {
         if (it.oldLo === FROZEN_LO && it.oldHi === FROZEN_HI) return RetPf.Retry;
-        if (it.level === fault.goalLevel) return yield* this.mapHandleTargetLevel(fault, it);
+        if (it.level === fault.goalLevel) {
+          // tdp_mmu_map_handle_target_level: the SPTE, the cmpxchg (the one program step), then what follows it.
+          const oldLo = it.oldLo;
+          const oldHi = it.oldHi;
+          const made = this.targetLevelSpte(fault, it);
+          if (made !== RetPf.Continue) return made;
+          const newLo = this.madeLo;
+          const newHi = this.madeHi;
+          const wrprot = this.madeWrprot;
+          if (mem.yields) yield;
+          if (this.setSpteAtomic(it, newLo, newHi) !== 0) return RetPf.Retry;
+          if (this.removedPt !== null) yield* this.handleRemovedPt(this.removedPt, true);
+          return this.targetLevelSet(fault, it, oldLo, oldHi, newLo, newHi, wrprot);
+        }
         const present = (it.oldLo & 0x800) !== 0;
         if (!present || (it.oldLo & 0x80) !== 0) {
           // Non-present, or a huge page in the way: a child table replaces it.
@@ -484,8 +497,14 @@ export class TdpMmu {
     return k;
   }
 
-  /** tdp_mmu_map_handle_target_level: install the leaf (or MMIO SPTE) at the goal level. */
-  private *mapHandleTargetLevel(fault: KvmPageFault, it: TdpIter): Program<RetPf> {
+  /**
+   * tdp_mmu_map_handle_target_level up to its cmpxchg: the leaf (or MMIO
+   * SPTE) to install at the goal level, left in madeLo/madeHi/madeWrprot
+   * (as PhysMem leaves a load in lo/hi: the caller copies them before it
+   * yields). Returns RET_PF_SPURIOUS when there is nothing to change, else
+   * RET_PF_CONTINUE.
+   */
+  private targetLevelSpte(fault: KvmPageFault, it: TdpIter): RetPf {
     const vm = this.vm;
     const f = vm.flavour;
     // The SPTEs travel as halves; bigints are made only for the rarer cases below.
@@ -523,9 +542,26 @@ export class TdpMmu {
       }
     }
     if (newLo === oldLo && newHi === oldHi) return RetPf.Spurious;
-    if (vm.mem.yields) yield;
-    if (this.setSpteAtomic(it, newLo, newHi) !== 0) return RetPf.Retry;
-    if (this.removedPt !== null) yield* this.handleRemovedPt(this.removedPt, true);
+    this.madeLo = newLo;
+    this.madeHi = newHi;
+    this.madeWrprot = wrprot;
+    return RetPf.Continue;
+  }
+
+  /** The SPTE tdp_mmu_map_handle_target_level made (see targetLevelSpte). */
+  private madeLo = 0;
+  private madeHi = 0;
+  private madeWrprot = false;
+
+  /**
+   * tdp_mmu_map_handle_target_level after its cmpxchg succeeded: the flush a
+   * replaced table or a lost MMU-writable bit needs, the trace events, and
+   * the result.
+   */
+  private targetLevelSet(fault: KvmPageFault, it: TdpIter, oldLo: number, oldHi: number, newLo: number, newHi: number, wrprot: boolean): RetPf {
+    const vm = this.vm;
+    const f = vm.flavour;
+    const wasPresent = (oldLo & 0x800) !== 0;
     if (wasPresent) {
       // A huge page replacing a table needs the old translations gone; a leaf change only if MMU-writable was lost.
       const old = join64(oldLo, oldHi);
