@@ -10,6 +10,12 @@ export class TagCache {
   readonly ways: number;
   private readonly setMask: number;
   readonly valid: Uint8Array;
+  /**
+   * keyLo | 1 for a valid entry, 0 for a free one (keys are masked to a
+   * granule of at least 12 bits, so bit 0 is free): one compare tests the
+   * low key and validity, and a free way is a zero.
+   */
+  private readonly tag: Int32Array;
   readonly keyHi: Int32Array;
   readonly keyLo: Int32Array;
   /** Tags: PCID, VPID (ASID under NPT), EP4TA (0 when not under EPT). */
@@ -67,6 +73,7 @@ export class TagCache {
     this.ways = ways;
     this.setMask = sets - 1;
     this.valid = new Uint8Array(entries);
+    this.tag = new Int32Array(entries);
     this.keyHi = new Int32Array(entries);
     this.keyLo = new Int32Array(entries);
     this.pcid = new Int32Array(entries);
@@ -130,16 +137,15 @@ export class TagCache {
     if (this.nValid === 0) return -1; // paging-structure caches are often empty
     const base = this.setOf(keyHi, keyLo);
     const end = base + this.ways;
-    const kLo = this.keyLo;
-    for (let i = base; i < end; i++) if (kLo[i] === keyLo && this.matches(i, keyHi, keyLo, vpid, pcid, ep4ta)) return i;
+    const tag = this.tag;
+    const want = keyLo | 1;
+    for (let i = base; i < end; i++) if (tag[i] === want && this.sameContext(i, keyHi, vpid, pcid, ep4ta)) return i;
     return -1;
   }
 
-  /** Entry i is valid and holds this key and context (the key first: it tells entries of a set apart). */
-  private matches(i: number, keyHi: number, keyLo: number, vpid: number, pcid: number, ep4ta: number): boolean {
+  /** Entry i, whose low key and validity are known to match, holds this high key and context. */
+  private sameContext(i: number, keyHi: number, vpid: number, pcid: number, ep4ta: number): boolean {
     return (
-      this.keyLo[i] === keyLo &&
-      this.valid[i] === 1 &&
       this.keyHi[i] === keyHi &&
       this.vpid[i] === vpid &&
       this.ep4ta[i] === ep4ta &&
@@ -156,17 +162,18 @@ export class TagCache {
     const set = this.setIndex(keyHi, keyLo);
     const base = set * this.ways;
     const end = base + this.ways;
+    const tag = this.tag;
+    const want = keyLo | 1;
     let i = -1;
     let w = -1;
-    const kLo = this.keyLo;
-    const valid = this.valid;
     for (let j = base; j < end; j++) {
-      if (valid[j] === 0) {
-        if (w < 0) w = j;
-      } else if (kLo[j] === keyLo && this.matches(j, keyHi, keyLo, vpid, pcid, ep4ta)) {
-        i = j;
-        break;
-      }
+      const t = tag[j];
+      if (t === want) {
+        if (this.sameContext(j, keyHi, vpid, pcid, ep4ta)) {
+          i = j;
+          break;
+        }
+      } else if (t === 0 && w < 0) w = j;
     }
     if (i < 0) {
       if (w < 0) {
@@ -177,8 +184,9 @@ export class TagCache {
       }
       i = w;
     }
-    if (this.valid[i] === 0) this.nValid++;
+    if (tag[i] === 0) this.nValid++;
     this.unchain(i);
+    tag[i] = want;
     this.valid[i] = 1;
     this.keyHi[i] = keyHi;
     this.keyLo[i] = keyLo;
@@ -204,6 +212,7 @@ export class TagCache {
   /** Drop every entry. */
   clear(): void {
     this.valid.fill(0);
+    this.tag.fill(0);
     this.nValid = 0;
     this.bucketHead.fill(-1);
     this.bucketOf.fill(-1);
@@ -217,6 +226,7 @@ export class TagCache {
     for (let i = 0; i < this.valid.length; i++) {
       if (this.valid[i] === 1 && pred(i)) {
         this.valid[i] = 0;
+        this.tag[i] = 0;
         this.unchain(i);
         n++;
       }
@@ -240,17 +250,14 @@ export class TagCache {
     const kHi = maskHi(hi, g);
     const kLo = maskLo(lo, g);
     const base = this.setOf(kHi, kLo);
-    const valid = this.valid;
-    const keyLo = this.keyLo;
-    const shift = this.shift;
-    for (let i = base; i < base + this.ways; i++) {
-      // Validity first: a dropped way keeps its old (maybe large) shift and key.
-      if (valid[i] === 0) continue;
-      // An entry no larger than the granule covers exactly its key.
-      if (shift[i] <= g ? keyLo[i] !== kLo || this.keyHi[i] !== kHi : !this.covers(i, hi, lo)) continue;
-      if (this.tagged(i, vpid, pcid, ep4ta, globalAnyPcid)) {
-        this.valid[i] = 0;
-        this.unchain(i);
+    const end = base + this.ways;
+    const tag = this.tag;
+    const want = kLo | 1;
+    // The set holds the entries whose key is the address's; entries larger
+    // than the granule that cover it from other keys are all in the chains below.
+    for (let i = base; i < end; i++) {
+      if (tag[i] === want && this.keyHi[i] === kHi && this.tagged(i, vpid, pcid, ep4ta, globalAnyPcid)) {
+        this.invalidate(i);
         n++;
       }
     }
@@ -261,8 +268,7 @@ export class TagCache {
       for (let i = this.bucketHead[largeBucket(hi, lo, s)]; i >= 0; ) {
         const next = this.chainNext[i];
         if (this.tagged(i, vpid, pcid, ep4ta, globalAnyPcid) && this.covers(i, hi, lo)) {
-          this.valid[i] = 0;
-          this.unchain(i);
+          this.invalidate(i);
           n++;
         }
         i = next;
@@ -271,6 +277,13 @@ export class TagCache {
     this.nValid -= n;
     if (n > 0) this.epoch[0]++;
     return n;
+  }
+
+  /** Frees entry i (the caller counts it). */
+  private invalidate(i: number): void {
+    this.valid[i] = 0;
+    this.tag[i] = 0;
+    this.unchain(i);
   }
 
   private tagged(i: number, vpid: number, pcid: number, ep4ta: number, globalAnyPcid: boolean): boolean {
