@@ -11,9 +11,11 @@ export class TagCache {
   private readonly setMask: number;
   readonly valid: Uint8Array;
   /**
-   * keyLo | 1 for a valid entry, 0 for a free one (keys are masked to a
-   * granule of at least 12 bits, so bit 0 is free): one compare tests the
-   * low key and validity, and a free way is a zero.
+   * keyLo | TAG_VALID for a valid entry (| TAG_CHAINED when it is in a
+   * chain), 0 for a free one; keys are masked to a granule of at least 12
+   * bits, so the low bits are free. One compare tests the low key and
+   * validity, a free way is a zero, and the chain flag spares a look at
+   * bucketOf for the many entries that are not chained.
    */
   private readonly tag: Int32Array;
   readonly keyHi: Int32Array;
@@ -47,6 +49,8 @@ export class TagCache {
   private readonly chainPrev: Int32Array;
   /** Large entries by page shift (only 21 and 30 occur). */
   private readonly largeAt = new Int32Array(31);
+  /** Large entries of any shift: most caches never have one. */
+  private nLarge = 0;
   /** Entries inserted so far (statistics). */
   fills = 0;
   /** Valid entries now: an invalidation of an empty cache has nothing to look at. */
@@ -102,12 +106,13 @@ export class TagCache {
     this.bucketHead[b] = i;
     this.bucketOf[i] = b;
     this.largeAt[shift]++;
+    this.nLarge++;
+    this.tag[i] |= TAG_CHAINED;
   }
 
-  /** Takes entry i out of its chain, if it is in one (before its key or shift change, or it stops being valid). */
+  /** Takes entry i, which is chained, out of its chain (before its key or shift change, or it stops being valid). */
   private unchain(i: number): void {
     const b = this.bucketOf[i];
-    if (b < 0) return;
     const next = this.chainNext[i];
     const prev = this.chainPrev[i];
     if (prev >= 0) this.chainNext[prev] = next;
@@ -115,6 +120,7 @@ export class TagCache {
     if (next >= 0) this.chainPrev[next] = prev;
     this.bucketOf[i] = -1;
     this.largeAt[this.shift[i]]--;
+    this.nLarge--;
   }
 
   /** Index of the set a key lives in. */
@@ -138,8 +144,8 @@ export class TagCache {
     const base = this.setOf(keyHi, keyLo);
     const end = base + this.ways;
     const tag = this.tag;
-    const want = keyLo | 1;
-    for (let i = base; i < end; i++) if (tag[i] === want && this.sameContext(i, keyHi, vpid, pcid, ep4ta)) return i;
+    const want = keyLo | TAG_VALID;
+    for (let i = base; i < end; i++) if ((tag[i] & ~TAG_CHAINED) === want && this.sameContext(i, keyHi, vpid, pcid, ep4ta)) return i;
     return -1;
   }
 
@@ -163,12 +169,12 @@ export class TagCache {
     const base = set * this.ways;
     const end = base + this.ways;
     const tag = this.tag;
-    const want = keyLo | 1;
+    const want = keyLo | TAG_VALID;
     let i = -1;
     let w = -1;
     for (let j = base; j < end; j++) {
       const t = tag[j];
-      if (t === want) {
+      if ((t & ~TAG_CHAINED) === want) {
         if (this.sameContext(j, keyHi, vpid, pcid, ep4ta)) {
           i = j;
           break;
@@ -184,8 +190,9 @@ export class TagCache {
       }
       i = w;
     }
-    if (tag[i] === 0) this.nValid++;
-    this.unchain(i);
+    const old = tag[i];
+    if (old === 0) this.nValid++;
+    else if ((old & TAG_CHAINED) !== 0) this.unchain(i);
     tag[i] = want;
     this.valid[i] = 1;
     this.keyHi[i] = keyHi;
@@ -217,6 +224,7 @@ export class TagCache {
     this.bucketHead.fill(-1);
     this.bucketOf.fill(-1);
     this.largeAt.fill(0);
+    this.nLarge = 0;
     this.epoch[0]++;
   }
 
@@ -225,9 +233,7 @@ export class TagCache {
     let n = 0;
     for (let i = 0; i < this.valid.length; i++) {
       if (this.valid[i] === 1 && pred(i)) {
-        this.valid[i] = 0;
-        this.tag[i] = 0;
-        this.unchain(i);
+        this.invalidate(i);
         n++;
       }
     }
@@ -252,17 +258,17 @@ export class TagCache {
     const base = this.setOf(kHi, kLo);
     const end = base + this.ways;
     const tag = this.tag;
-    const want = kLo | 1;
+    const want = kLo | TAG_VALID;
     // The set holds the entries whose key is the address's; entries larger
     // than the granule that cover it from other keys are all in the chains below.
     for (let i = base; i < end; i++) {
-      if (tag[i] === want && this.keyHi[i] === kHi && this.tagged(i, vpid, pcid, ep4ta, globalAnyPcid)) {
+      if ((tag[i] & ~TAG_CHAINED) === want && this.keyHi[i] === kHi && this.tagged(i, vpid, pcid, ep4ta, globalAnyPcid)) {
         this.invalidate(i);
         n++;
       }
     }
     // The large entries: only those chained under the pages, of each size present, that contain the address.
-    for (let k = 0; k < LARGE_SHIFTS.length; k++) {
+    for (let k = 0; k < LARGE_SHIFTS.length && this.nLarge > 0; k++) {
       const s = LARGE_SHIFTS[k];
       if (s <= g || this.largeAt[s] === 0) continue;
       for (let i = this.bucketHead[largeBucket(hi, lo, s)]; i >= 0; ) {
@@ -281,9 +287,9 @@ export class TagCache {
 
   /** Frees entry i (the caller counts it). */
   private invalidate(i: number): void {
+    if ((this.tag[i] & TAG_CHAINED) !== 0) this.unchain(i);
     this.valid[i] = 0;
     this.tag[i] = 0;
-    this.unchain(i);
   }
 
   private tagged(i: number, vpid: number, pcid: number, ep4ta: number, globalAnyPcid: boolean): boolean {
@@ -301,6 +307,9 @@ export class TagCache {
     return this.keyHi[i] === hi && this.keyLo[i] >>> s === lo >>> s;
   }
 }
+
+const TAG_VALID = 1;
+const TAG_CHAINED = 2;
 
 /** Shifts of the pages whose 4K fragments can be large entries: 2M and 1G. */
 const LARGE_SHIFTS = [21, 30];
