@@ -10,6 +10,14 @@ export class TagCache {
   readonly ways: number;
   private readonly setMask: number;
   readonly valid: Uint8Array;
+  /**
+   * keyLo | TAG_VALID for a valid entry (| TAG_CHAINED when it is in a
+   * chain), 0 for a free one; keys are masked to a granule of at least 12
+   * bits, so the low bits are free. One compare tests the low key and
+   * validity, a free way is a zero, and the chain flag spares a look at
+   * bucketOf for the many entries that are not chained.
+   */
+  private readonly tag: Int32Array;
   readonly keyHi: Int32Array;
   readonly keyLo: Int32Array;
   /** Tags: PCID, VPID (ASID under NPT), EP4TA (0 when not under EPT). */
@@ -41,6 +49,8 @@ export class TagCache {
   private readonly chainPrev: Int32Array;
   /** Large entries by page shift (only 21 and 30 occur). */
   private readonly largeAt = new Int32Array(31);
+  /** Large entries of any shift: most caches never have one. */
+  private nLarge = 0;
   /** Entries inserted so far (statistics). */
   fills = 0;
   /** Valid entries now: an invalidation of an empty cache has nothing to look at. */
@@ -67,6 +77,7 @@ export class TagCache {
     this.ways = ways;
     this.setMask = sets - 1;
     this.valid = new Uint8Array(entries);
+    this.tag = new Int32Array(entries);
     this.keyHi = new Int32Array(entries);
     this.keyLo = new Int32Array(entries);
     this.pcid = new Int32Array(entries);
@@ -95,12 +106,13 @@ export class TagCache {
     this.bucketHead[b] = i;
     this.bucketOf[i] = b;
     this.largeAt[shift]++;
+    this.nLarge++;
+    this.tag[i] |= TAG_CHAINED;
   }
 
-  /** Takes entry i out of its chain, if it is in one (before its key or shift change, or it stops being valid). */
+  /** Takes entry i, which is chained, out of its chain (before its key or shift change, or it stops being valid). */
   private unchain(i: number): void {
     const b = this.bucketOf[i];
-    if (b < 0) return;
     const next = this.chainNext[i];
     const prev = this.chainPrev[i];
     if (prev >= 0) this.chainNext[prev] = next;
@@ -108,6 +120,7 @@ export class TagCache {
     if (next >= 0) this.chainPrev[next] = prev;
     this.bucketOf[i] = -1;
     this.largeAt[this.shift[i]]--;
+    this.nLarge--;
   }
 
   /** Index of the set a key lives in. */
@@ -130,16 +143,15 @@ export class TagCache {
     if (this.nValid === 0) return -1; // paging-structure caches are often empty
     const base = this.setOf(keyHi, keyLo);
     const end = base + this.ways;
-    const kLo = this.keyLo;
-    for (let i = base; i < end; i++) if (kLo[i] === keyLo && this.matches(i, keyHi, keyLo, vpid, pcid, ep4ta)) return i;
+    const tag = this.tag;
+    const want = keyLo | TAG_VALID;
+    for (let i = base; i < end; i++) if ((tag[i] & ~TAG_CHAINED) === want && this.sameContext(i, keyHi, vpid, pcid, ep4ta)) return i;
     return -1;
   }
 
-  /** Entry i is valid and holds this key and context (the key first: it tells entries of a set apart). */
-  private matches(i: number, keyHi: number, keyLo: number, vpid: number, pcid: number, ep4ta: number): boolean {
+  /** Entry i, whose low key and validity are known to match, holds this high key and context. */
+  private sameContext(i: number, keyHi: number, vpid: number, pcid: number, ep4ta: number): boolean {
     return (
-      this.keyLo[i] === keyLo &&
-      this.valid[i] === 1 &&
       this.keyHi[i] === keyHi &&
       this.vpid[i] === vpid &&
       this.ep4ta[i] === ep4ta &&
@@ -156,17 +168,18 @@ export class TagCache {
     const set = this.setIndex(keyHi, keyLo);
     const base = set * this.ways;
     const end = base + this.ways;
+    const tag = this.tag;
+    const want = keyLo | TAG_VALID;
     let i = -1;
     let w = -1;
-    const kLo = this.keyLo;
-    const valid = this.valid;
     for (let j = base; j < end; j++) {
-      if (valid[j] === 0) {
-        if (w < 0) w = j;
-      } else if (kLo[j] === keyLo && this.matches(j, keyHi, keyLo, vpid, pcid, ep4ta)) {
-        i = j;
-        break;
-      }
+      const t = tag[j];
+      if ((t & ~TAG_CHAINED) === want) {
+        if (this.sameContext(j, keyHi, vpid, pcid, ep4ta)) {
+          i = j;
+          break;
+        }
+      } else if (t === 0 && w < 0) w = j;
     }
     if (i < 0) {
       if (w < 0) {
@@ -177,8 +190,10 @@ export class TagCache {
       }
       i = w;
     }
-    if (this.valid[i] === 0) this.nValid++;
-    this.unchain(i);
+    const old = tag[i];
+    if (old === 0) this.nValid++;
+    else if ((old & TAG_CHAINED) !== 0) this.unchain(i);
+    tag[i] = want;
     this.valid[i] = 1;
     this.keyHi[i] = keyHi;
     this.keyLo[i] = keyLo;
@@ -204,10 +219,12 @@ export class TagCache {
   /** Drop every entry. */
   clear(): void {
     this.valid.fill(0);
+    this.tag.fill(0);
     this.nValid = 0;
     this.bucketHead.fill(-1);
     this.bucketOf.fill(-1);
     this.largeAt.fill(0);
+    this.nLarge = 0;
     this.epoch[0]++;
   }
 
@@ -216,8 +233,7 @@ export class TagCache {
     let n = 0;
     for (let i = 0; i < this.valid.length; i++) {
       if (this.valid[i] === 1 && pred(i)) {
-        this.valid[i] = 0;
-        this.unchain(i);
+        this.invalidate(i);
         n++;
       }
     }
@@ -240,29 +256,25 @@ export class TagCache {
     const kHi = maskHi(hi, g);
     const kLo = maskLo(lo, g);
     const base = this.setOf(kHi, kLo);
-    const valid = this.valid;
-    const keyLo = this.keyLo;
-    const shift = this.shift;
-    for (let i = base; i < base + this.ways; i++) {
-      // Validity first: a dropped way keeps its old (maybe large) shift and key.
-      if (valid[i] === 0) continue;
-      // An entry no larger than the granule covers exactly its key.
-      if (shift[i] <= g ? keyLo[i] !== kLo || this.keyHi[i] !== kHi : !this.covers(i, hi, lo)) continue;
-      if (this.tagged(i, vpid, pcid, ep4ta, globalAnyPcid)) {
-        this.valid[i] = 0;
-        this.unchain(i);
+    const end = base + this.ways;
+    const tag = this.tag;
+    const want = kLo | TAG_VALID;
+    // The set holds the entries whose key is the address's; entries larger
+    // than the granule that cover it from other keys are all in the chains below.
+    for (let i = base; i < end; i++) {
+      if ((tag[i] & ~TAG_CHAINED) === want && this.keyHi[i] === kHi && this.tagged(i, vpid, pcid, ep4ta, globalAnyPcid)) {
+        this.invalidate(i);
         n++;
       }
     }
     // The large entries: only those chained under the pages, of each size present, that contain the address.
-    for (let k = 0; k < LARGE_SHIFTS.length; k++) {
+    for (let k = 0; k < LARGE_SHIFTS.length && this.nLarge > 0; k++) {
       const s = LARGE_SHIFTS[k];
       if (s <= g || this.largeAt[s] === 0) continue;
       for (let i = this.bucketHead[largeBucket(hi, lo, s)]; i >= 0; ) {
         const next = this.chainNext[i];
         if (this.tagged(i, vpid, pcid, ep4ta, globalAnyPcid) && this.covers(i, hi, lo)) {
-          this.valid[i] = 0;
-          this.unchain(i);
+          this.invalidate(i);
           n++;
         }
         i = next;
@@ -271,6 +283,13 @@ export class TagCache {
     this.nValid -= n;
     if (n > 0) this.epoch[0]++;
     return n;
+  }
+
+  /** Frees entry i (the caller counts it). */
+  private invalidate(i: number): void {
+    if ((this.tag[i] & TAG_CHAINED) !== 0) this.unchain(i);
+    this.valid[i] = 0;
+    this.tag[i] = 0;
   }
 
   private tagged(i: number, vpid: number, pcid: number, ep4ta: number, globalAnyPcid: boolean): boolean {
@@ -288,6 +307,9 @@ export class TagCache {
     return this.keyHi[i] === hi && this.keyLo[i] >>> s === lo >>> s;
   }
 }
+
+const TAG_VALID = 1;
+const TAG_CHAINED = 2;
 
 /** Shifts of the pages whose 4K fragments can be large entries: 2M and 1G. */
 const LARGE_SHIFTS = [21, 30];

@@ -70,6 +70,38 @@ describe('TagCache', () => {
     );
   });
 
+  it('lookup finds the first valid entry with the key and tags, as a scan of the public arrays would, after any fills, replacements and drops', () => {
+    // Keys in two 1G pages, a few 4K pages each (some in the same set), two VPIDs and PCIDs, global or not, small and large entries.
+    const key = fc.record({ hi: fc.integer({ min: 0, max: 1 }), page: fc.constantFrom(0, 1, 8, 9, 0x40000, 0x40008) });
+    const tags = { vpid: fc.integer({ min: 0, max: 1 }), pcid: fc.integer({ min: 0, max: 1 }), ep4ta: fc.constantFrom(0, 0x1_2345_6000) };
+    const step = fc.oneof(
+      fc.record({ insert: key, ...tags, global: fc.boolean(), shift: fc.constantFrom(12, 21, 30) }),
+      fc.record({ dropCovering: key, ...tags }),
+      fc.record({ dropVpid: fc.integer({ min: 0, max: 1 }) }),
+      fc.record({ probe: key, ...tags }),
+    );
+    fc.assert(
+      fc.property(fc.array(step, { maxLength: 100 }), (steps) => {
+        const c = new TagCache(16, 2, 12); // 8 sets of 2 ways: replacements happen
+        for (const st of steps) {
+          if ('insert' in st) c.insert(st.insert.hi, st.insert.page << 12, st.vpid, st.pcid, st.ep4ta, st.global, st.shift, 0x1000, 0x1000, 7);
+          else if ('dropCovering' in st) c.dropCovering(st.dropCovering.hi, st.dropCovering.page << 12, st.vpid, st.pcid, st.ep4ta, true);
+          else if ('dropVpid' in st) c.drop((i) => c.vpid[i] === st.dropVpid);
+          else {
+            const lo = st.probe.page << 12;
+            let expected = -1;
+            for (let i = 0; i < c.valid.length && expected < 0; i++) {
+              if (c.valid[i] === 1 && c.keyLo[i] === lo && c.keyHi[i] === st.probe.hi && c.vpid[i] === st.vpid && c.ep4ta[i] === st.ep4ta && (c.pcid[i] === st.pcid || c.global[i] === 1)) expected = i;
+            }
+            expect(c.lookup(st.probe.hi, lo, st.vpid, st.pcid, st.ep4ta)).toBe(expected);
+          }
+          expect(c.count()).toBe(popcount(c));
+        }
+      }),
+      { numRuns: 300 },
+    );
+  });
+
   it('an entry larger than the granule must come from a 2M or 1G page', () => {
     const c = new TagCache(16, 4, 12);
     expect(() => c.insert(0, 0, 0, 0, 0, false, 39, 0, 0, 7)).toThrow('assertion: a cache entry larger than its granule made from a page of shift 39');
