@@ -53,9 +53,10 @@ export function entryAddr(lo: number, hi: number): number {
 export function pfnLo(pfn: number, flags: number): number {
   return (pfn << PAGE_SHIFT) | flags;
 }
+const INV_2_20 = 1 / 1048576;
 /** High half of an entry pointing at pfn (address bits 51:32). */
 export function pfnHi(pfn: number): number {
-  return (pfn / 1048576) | 0;
+  return (pfn * INV_2_20) | 0;
 }
 
 // ----------------------------------------------------------------- swap entries
