@@ -29,6 +29,9 @@ const PGD_SIZE = 2 ** 39;
 /** TASK_SIZE_MAX with 4-level paging: user addresses lie below it. */
 export const TASK_SIZE = 2 ** 47;
 const TWO32 = 4294967296;
+const INV_PUD_SIZE = 1 / PUD_SIZE;
+/** Address bits 47:30 (after scaling by INV_PUD_SIZE): the PGD and PUD indexes. */
+const PMD_KEY_MASK = (1 << 18) - 1;
 const INV_TWO32 = 1 / TWO32;
 
 /** Bytes one entry maps at a level (1 = PTE ... 4 = PGD). */
@@ -110,6 +113,18 @@ export class HostPageTable {
   entry = 0;
   lo = 0;
   hi = 0;
+  /**
+   * The model's paging-structure cache: the PMD table (as halves) that the
+   * PGD and PUD entries for address bits 47:30 equal to `pmdKey` lead to
+   * (-1: none). A linked table stays linked until free_pgd_range unlinks it
+   * (freeRange drops the cache) or a 1G leaf replaces it (entryFor at level
+   * 3 drops it), and entryFor only fills none entries above, so
+   * the two loads it saves would read the same values. Used and filled only
+   * while no preempt hook runs, as every load is an interleaving point then.
+   */
+  private pmdKey = -1;
+  private pmdHi = 0;
+  private pmdLo = 0;
 
   constructor(readonly mem: PhysMem, readonly pages: PageAllocator) {
     this.pgd = pages.allocTablePage(); // pgd_alloc
@@ -124,10 +139,18 @@ export class HostPageTable {
    */
   walk(addr: number, lowest = 1): number {
     const mem = this.mem;
+    const cached = mem.preempt === null;
+    const key = (addr * INV_PUD_SIZE) & PMD_KEY_MASK;
     // The table address as halves (tables are page aligned, so an entry's low half is table | index * 8): a double carried across levels was boxed at each one.
     let tHi = this.pgdHi;
     let tLo = this.pgdLo;
-    for (let level = 4; ; level--) {
+    let level = 4;
+    if (cached && key === this.pmdKey && lowest <= 2) {
+      tHi = this.pmdHi;
+      tLo = this.pmdLo;
+      level = 2;
+    }
+    for (; ; level--) {
       const eLo = tLo | (indexAt(addr, level) * 8);
       mem.load64Halves(tHi, eLo);
       const lo = mem.lo;
@@ -140,6 +163,11 @@ export class HostPageTable {
       }
       tHi = mem.hi & 0xfffff;
       tLo = lo & ~0xfff;
+      if (level === 3 && cached) {
+        this.pmdKey = key;
+        this.pmdHi = tHi;
+        this.pmdLo = tLo;
+      }
     }
   }
 
@@ -154,6 +182,7 @@ export class HostPageTable {
    */
   entryFor(addr: number, level: number): number {
     const mem = this.mem;
+    if (level >= 3) this.pmdKey = -1; // the caller may store a 1G leaf over a linked PMD table
     let table = this.pgd;
     for (let l = 4; ; l--) {
       const e = table + indexAt(addr, l) * 8;
@@ -205,6 +234,7 @@ export class HostPageTable {
    * pointed at them. Leaf entries must already be cleared.
    */
   freeRange(start: number, end: number, floor: number, ceiling: number): void {
+    this.pmdKey = -1; // the cached PMD table may be among those freed
     this.freeLevel(this.pgd, 4, 0, Math.max(start, 0), Math.min(end, TASK_SIZE), floor, Math.min(ceiling, TASK_SIZE));
   }
 
