@@ -116,11 +116,13 @@ export class HostPageTable {
   /**
    * The model's paging-structure cache: the PMD table (as halves) that the
    * PGD and PUD entries for address bits 47:30 equal to `pmdKey` lead to
-   * (-1: none). A linked table stays linked until free_pgd_range unlinks it
-   * (freeRange drops the cache) or a 1G leaf replaces it (entryFor at level
-   * 3 drops it), and entryFor only fills none entries above, so
-   * the two loads it saves would read the same values. Used and filled only
-   * while no preempt hook runs, as every load is an interleaving point then.
+   * (-1: none), so a walk skips two loads that would read the same values.
+   * A linked table stays linked until free_pgd_range unlinks it (freeLevel
+   * drops the cache right after each unlink); entryFor fills only none
+   * entries above the level asked for, and leaves go over none entries (a 1G
+   * leaf over a linked PMD table would leak it; entryFor at level 3 drops
+   * the cache anyway). Used and filled only while no preempt hook runs, as
+   * every load is an interleaving point then.
    */
   private pmdKey = -1;
   private pmdHi = 0;
@@ -234,7 +236,6 @@ export class HostPageTable {
    * pointed at them. Leaf entries must already be cleared.
    */
   freeRange(start: number, end: number, floor: number, ceiling: number): void {
-    this.pmdKey = -1; // the cached PMD table may be among those freed
     this.freeLevel(this.pgd, 4, 0, Math.max(start, 0), Math.min(end, TASK_SIZE), floor, Math.min(ceiling, TASK_SIZE));
   }
 
@@ -253,6 +254,7 @@ export class HostPageTable {
       if (a >= floor && a + span <= ceiling) {
         this.freeAll(child, level - 1);
         mem.store64(e, 0, 0);
+        this.pmdKey = -1; // at once: a program interleaved at the next load must not walk the unlinked table
         this.pages.freePage(child);
       } else if (level > 2) this.freeLevel(child, level - 1, a, Math.max(start, a), Math.min(end, a + span), floor, ceiling);
     }

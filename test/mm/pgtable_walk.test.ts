@@ -76,6 +76,28 @@ describe('host page-table walk', () => {
     }
   });
 
+  it('a walk interleaved at any memory operation of munmap finds what a walk from the pgd finds', () => {
+    const mm = mmOnly();
+    mm.mmap(0x4000_0000, 2 * K4);
+    mm.hvaToPfn(0x4000_0000, true);
+    mm.hvaToPfn(0x4000_1000, true);
+    let walks = 0;
+    const hook = {
+      point: () => {
+        mm.mem.preempt = null; // an atomic walk (as under the PTE lock) between two operations of munmap
+        expectSameWalk(mm, 0x4000_1000);
+        mm.mem.preempt = hook;
+        walks++;
+      },
+    };
+    mm.mem.preempt = hook;
+    runProgram(mm.munmap(0x4000_0000, 2 * K4));
+    mm.mem.preempt = null;
+    expect(walks).toBeGreaterThan(8);
+    expect(mm.pages.tablePages).toBe(1);
+    expectSameWalk(mm, 0x4000_1000);
+  });
+
   it('under a preempt hook every level is loaded (each load is an interleaving point)', () => {
     const mm = mmOnly();
     mm.mmap(0x4000_0000, 2 * K4);
