@@ -70,7 +70,7 @@ const NIL = -1;
  * indices; a folio is on at most one list (`list` holds its id + 1).
  */
 export class FolioTable {
-  /** Frames covered; arrays grow with the allocator's bump pointer. */
+  /** Frames covered (struct page exists); grows with the allocator's bump pointer, the arrays may be longer. */
   capacity = 0;
   flags = new Uint32Array(0);
   /** folio_ref_count. */
@@ -110,15 +110,20 @@ export class FolioTable {
     const need = endPfn - this.basePfn;
     if (need <= this.capacity) return;
     const cap = Math.max(need, Math.min(this.capacity * 2, this.capacity + (1 << 22)), 4096);
-    this.flags = grow(this.flags, new Uint32Array(cap));
-    this.refcount = grow(this.refcount, new Int32Array(cap));
-    this.mapcount = grow(this.mapcount, new Int32Array(cap));
-    this.lruPrev = grow(this.lruPrev, new Int32Array(cap));
-    this.lruNext = grow(this.lruNext, new Int32Array(cap));
-    this.list = grow(this.list, new Uint8Array(cap));
-    this.mapping = grow(this.mapping, new Int32Array(cap));
-    this.index = grow(this.index, new Uint32Array(cap));
-    this.token = grow(this.token, new Uint32Array(cap));
+    const len = this.flags.length;
+    if (cap > len) {
+      // The arrays grow ahead of `capacity`, fourfold, so a growing pool copies and zeroes less; entries beyond capacity stay 0.
+      const n = Math.max(cap, Math.min(len * 4, len + (1 << 22)));
+      this.flags = grow(this.flags, new Uint32Array(n));
+      this.refcount = grow(this.refcount, new Int32Array(n));
+      this.mapcount = grow(this.mapcount, new Int32Array(n));
+      this.lruPrev = grow(this.lruPrev, new Int32Array(n));
+      this.lruNext = grow(this.lruNext, new Int32Array(n));
+      this.list = grow(this.list, new Uint8Array(n));
+      this.mapping = grow(this.mapping, new Int32Array(n));
+      this.index = grow(this.index, new Uint32Array(n));
+      this.token = grow(this.token, new Uint32Array(n));
+    }
     this.capacity = cap;
   }
 

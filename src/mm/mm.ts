@@ -203,6 +203,19 @@ const EFAULT: HvaToPfn = Object.freeze({ ok: false, error: 'EFAULT' }) as HvaToP
 const LEAF_RO = _PAGE_PRESENT | _PAGE_USER | _PAGE_ACCESSED;
 const LEAF_RW = LEAF_RO | _PAGE_RW | _PAGE_DIRTY | _PAGE_SOFT_DIRTY;
 
+/** 1 / PAGE_SIZE: a power of two, so multiplying by it is exact (and cheaper than dividing). */
+const INV_PAGE_SIZE = 1 / PAGE_SIZE;
+
+/** The frame number in an entry (bits 51:12), as entryAddr / PAGE_SIZE without the division. */
+function leafBasePfn(lo: number, hi: number): number {
+  return (hi & 0xfffff) * 1048576 + (lo >>> 12);
+}
+
+/** Buddy order of a host level's folios (alloc_pages for PAGE_SIZE, HPAGE_PMD_ORDER, HPAGE_PUD_ORDER). */
+function levelOrder(level: HostLevel): number {
+  return level === 1 ? 0 : level === 2 ? 9 : 18;
+}
+
 function levelBytes(level: HostLevel): number {
   return levelSpan(level);
 }
@@ -510,9 +523,9 @@ export class MmStruct {
   /** pfn of the 4K page at hva under the leaf the last walk found. */
   private leafPfn(hva: number): number {
     const pt = this.pt;
-    const base = entryAddr(pt.lo, pt.hi) / PAGE_SIZE;
+    const base = leafBasePfn(pt.lo, pt.hi);
     const level = pt.level;
-    return level === 1 ? base : base + ((hva / PAGE_SIZE) & (level === 2 ? 511 : 262143));
+    return level === 1 ? base : base + ((hva * INV_PAGE_SIZE) & (level === 2 ? 511 : 262143));
   }
 
   /**
@@ -699,7 +712,7 @@ export class MmStruct {
     vma.hasAnonVma = true;
     f.flags[i] |= PG_anon | PG_swapbacked | PG_uptodate;
     f.mapping[i] = vma.anonVma;
-    f.index[i] = vma.pgoff + (addr - vma.start) / PAGE_SIZE;
+    f.index[i] = vma.pgoff + (addr - vma.start) * INV_PAGE_SIZE;
     f.mapcount[i] = 1;
     if (this.lruAddNew !== null) this.lruAddNew(pfn, vma, addr);
     else f.lruAdd(pfn, LruList.InactiveAnon);
@@ -707,11 +720,12 @@ export class MmStruct {
 
   /** do_anonymous_page / do_huge_pmd_anonymous_page: a new folio, on the LRU, mapped by the entry at `entry`. */
   private doAnonymousPage(vma: VmArea, hva: number, entry: number): void {
-    const bytes = levelBytes(vma.level);
-    const addr = Math.floor(hva / bytes) * bytes;
-    const pfn = this.pages.allocPages(vma.level === 1 ? 0 : vma.level === 2 ? 9 : 18) / PAGE_SIZE;
+    const level = vma.level;
+    // Round down to the folio: ToInt32 keeps the low 30 bits of any integer below 2^53, and spans are at most 2^30.
+    const addr = hva - (hva & (levelBytes(level) - 1));
+    const pfn = this.pages.allocPages(levelOrder(level)) * INV_PAGE_SIZE;
     this.addNewAnonFolio(vma, pfn, addr);
-    const flags = (vma.writable ? LEAF_RW : LEAF_RO) | (vma.level === 1 ? 0 : _PAGE_PSE);
+    const flags = (vma.writable ? LEAF_RW : LEAF_RO) | (level === 1 ? 0 : _PAGE_PSE);
     const lo = pfnLo(pfn, flags);
     const hi = pfnHi(pfn) | _PAGE_NX_HI;
     this.mem.store64(entry, lo, hi);

@@ -15,6 +15,8 @@ import type { PhysMem } from '../hw/phys_mem.js';
 import { FolioTable } from './folio.js';
 
 const PAGE_SIZE = 4096;
+/** 1 / PAGE_SIZE: a power of two, so the product is exact. */
+const INV_PAGE_SIZE = 1 / PAGE_SIZE;
 
 export class PageAllocator {
   private next: number;
@@ -45,10 +47,22 @@ export class PageAllocator {
 
   /** One zeroed frame; returns its host physical address. */
   allocPage(): number {
-    const hpa = this.free.pop() ?? this.bump(0);
-    if (this.dirty.size !== 0 && this.dirty.delete(hpa)) this.zero(hpa, 1); // fresh frames read as zero already
+    let hpa: number;
+    const free = this.free;
+    if (free.length !== 0) {
+      hpa = free.pop() as number;
+      if (this.dirty.size !== 0 && this.dirty.delete(hpa)) this.zero(hpa, 1);
+    } else {
+      // bump(0) for the common case: the pointer is page aligned already, and fresh frames read as zero.
+      hpa = this.next;
+      if (hpa + PAGE_SIZE > this.tableNext) this.exhausted();
+      this.next = hpa + PAGE_SIZE;
+      const folios = this.folios;
+      const end = this.next * INV_PAGE_SIZE;
+      if (end - folios.basePfn > folios.capacity) folios.ensure(end);
+    }
     this.inUse++;
-    this.folios.prepNewPage(hpa / PAGE_SIZE, 0);
+    this.folios.prepNewPage(hpa * INV_PAGE_SIZE, 0);
     return hpa;
   }
 
@@ -66,7 +80,7 @@ export class PageAllocator {
     let hpa = this.tableFree.pop();
     if (hpa === undefined) {
       hpa = this.tableNext - PAGE_SIZE;
-      if (hpa < this.next) throw new Error(`out of host memory: pool of ${this.size / PAGE_SIZE} pages exhausted`);
+      if (hpa < this.next) this.exhausted();
       this.tableNext = hpa;
     } else if (this.dirty.delete(hpa)) this.zero(hpa, 1);
     this.inUse++;
@@ -95,12 +109,16 @@ export class PageAllocator {
   private bump(order: number): number {
     const bytes = PAGE_SIZE * 2 ** order;
     const hpa = Math.ceil(this.next / bytes) * bytes;
-    if (hpa + bytes > this.tableNext) throw new Error(`out of host memory: pool of ${this.size / PAGE_SIZE} pages exhausted`);
+    if (hpa + bytes > this.tableNext) this.exhausted();
     // Frames skipped for alignment stay usable as single pages.
     for (let p = this.next; p < hpa; p += PAGE_SIZE) this.free.push(p);
     this.next = hpa + bytes;
     this.folios.ensure(this.next / PAGE_SIZE);
     return hpa;
+  }
+
+  private exhausted(): never {
+    throw new Error(`out of host memory: pool of ${this.size / PAGE_SIZE} pages exhausted`);
   }
 
   private zero(hpa: number, pages: number): void {

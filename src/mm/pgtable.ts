@@ -29,6 +29,9 @@ const PGD_SIZE = 2 ** 39;
 /** TASK_SIZE_MAX with 4-level paging: user addresses lie below it. */
 export const TASK_SIZE = 2 ** 47;
 const TWO32 = 4294967296;
+const INV_PUD_SIZE = 1 / PUD_SIZE;
+/** Address bits 47:30 (after scaling by INV_PUD_SIZE): the PGD and PUD indexes. */
+const PMD_KEY_MASK = (1 << 18) - 1;
 const INV_TWO32 = 1 / TWO32;
 
 /** Bytes one entry maps at a level (1 = PTE ... 4 = PGD). */
@@ -53,9 +56,10 @@ export function entryAddr(lo: number, hi: number): number {
 export function pfnLo(pfn: number, flags: number): number {
   return (pfn << PAGE_SHIFT) | flags;
 }
+const INV_2_20 = 1 / 1048576;
 /** High half of an entry pointing at pfn (address bits 51:32). */
 export function pfnHi(pfn: number): number {
-  return (pfn / 1048576) | 0;
+  return (pfn * INV_2_20) | 0;
 }
 
 // ----------------------------------------------------------------- swap entries
@@ -109,6 +113,20 @@ export class HostPageTable {
   entry = 0;
   lo = 0;
   hi = 0;
+  /**
+   * The model's paging-structure cache: the PMD table (as halves) that the
+   * PGD and PUD entries for address bits 47:30 equal to `pmdKey` lead to
+   * (-1: none), so a walk skips two loads that would read the same values.
+   * A linked table stays linked until free_pgd_range unlinks it (freeLevel
+   * drops the cache right after each unlink); entryFor fills only none
+   * entries above the level asked for, and leaves go over none entries (a 1G
+   * leaf over a linked PMD table would leak it; entryFor at level 3 drops
+   * the cache anyway). Used and filled only while no preempt hook runs, as
+   * every load is an interleaving point then.
+   */
+  private pmdKey = -1;
+  private pmdHi = 0;
+  private pmdLo = 0;
 
   constructor(readonly mem: PhysMem, readonly pages: PageAllocator) {
     this.pgd = pages.allocTablePage(); // pgd_alloc
@@ -123,10 +141,18 @@ export class HostPageTable {
    */
   walk(addr: number, lowest = 1): number {
     const mem = this.mem;
+    const cached = mem.preempt === null;
+    const key = (addr * INV_PUD_SIZE) & PMD_KEY_MASK;
     // The table address as halves (tables are page aligned, so an entry's low half is table | index * 8): a double carried across levels was boxed at each one.
     let tHi = this.pgdHi;
     let tLo = this.pgdLo;
-    for (let level = 4; ; level--) {
+    let level = 4;
+    if (cached && key === this.pmdKey && lowest <= 2) {
+      tHi = this.pmdHi;
+      tLo = this.pmdLo;
+      level = 2;
+    }
+    for (; ; level--) {
       const eLo = tLo | (indexAt(addr, level) * 8);
       mem.load64Halves(tHi, eLo);
       const lo = mem.lo;
@@ -139,6 +165,11 @@ export class HostPageTable {
       }
       tHi = mem.hi & 0xfffff;
       tLo = lo & ~0xfff;
+      if (level === 3 && cached) {
+        this.pmdKey = key;
+        this.pmdHi = tHi;
+        this.pmdLo = tLo;
+      }
     }
   }
 
@@ -153,6 +184,7 @@ export class HostPageTable {
    */
   entryFor(addr: number, level: number): number {
     const mem = this.mem;
+    if (level >= 3) this.pmdKey = -1; // the caller may store a 1G leaf over a linked PMD table
     let table = this.pgd;
     for (let l = 4; ; l--) {
       const e = table + indexAt(addr, l) * 8;
@@ -222,6 +254,7 @@ export class HostPageTable {
       if (a >= floor && a + span <= ceiling) {
         this.freeAll(child, level - 1);
         mem.store64(e, 0, 0);
+        this.pmdKey = -1; // at once: a program interleaved at the next load must not walk the unlinked table
         this.pages.freePage(child);
       } else if (level > 2) this.freeLevel(child, level - 1, a, Math.max(start, a), Math.min(end, a + span), floor, ceiling);
     }
