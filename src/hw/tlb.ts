@@ -25,14 +25,16 @@ export class VcpuTlb {
   readonly gpa: TagCache;
   readonly gPsc: TagCache[] = [];
   readonly ePsc: TagCache[] = [];
+  /** The cell `gpa` and every `ePsc[k]` bump on every change: one number tells that none of them changed. */
+  readonly gpEpoch = new Int32Array(1);
 
   /** `stamp`: the cell the combined TLB bumps on every change (shared with the registers' generation). */
   constructor(g: TlbGeometry = DEFAULT_GEOMETRY, stamp: Int32Array = new Int32Array(1)) {
     this.comb = new TagCache(g.entries, g.ways, 12, stamp);
-    this.gpa = new TagCache(g.entries, g.ways, 12);
+    this.gpa = new TagCache(g.entries, g.ways, 12, this.gpEpoch);
     for (let k = 2; k <= 5; k++) {
       this.gPsc[k] = new TagCache(g.pscEntries, g.pscWays, 12 + 9 * (k - 1));
-      this.ePsc[k] = new TagCache(g.pscEntries, g.pscWays, 12 + 9 * (k - 1));
+      this.ePsc[k] = new TagCache(g.pscEntries, g.pscWays, 12 + 9 * (k - 1), this.gpEpoch);
     }
   }
 

@@ -146,6 +146,18 @@ export class Mmu {
   /** Whether xRights came (wholly or partly) from a cache rather than memory. */
   private xCached = false;
 
+  /**
+   * The gPA page and EP4TA of the last EPT violation, whose guest-physical
+   * mappings and EPT paging-structure-cache entries it dropped (any VPID),
+   * and tlb.gpEpoch after the drop. While that epoch stands nothing was
+   * inserted there since, so a lookup for the page (the retry's final
+   * translation) must miss and is skipped.
+   */
+  private goneEpoch = 0;
+  private goneHi = 0;
+  private goneLo = -1; // no page yet: never a page address
+  private goneEp4ta = 0;
+
   // Context tags of the current access.
   private cVpid = 0;
   private cPcid = 0;
@@ -716,7 +728,7 @@ export class Mmu {
    * the result.
    */
   private xlateGpa(gHi: number, gLo: number, type: number, final: boolean, laHi: number, laLo: number): number {
-    if (this.cachesOn()) {
+    if (this.cachesOn() && !this.gpaGone(gHi, gLo)) {
       const c = this.tlb.gpa;
       const i = c.lookup(gHi, gLo & ~0xfff, this.gVpid, 0, this.cEp4ta);
       if (i >= 0) {
@@ -733,6 +745,11 @@ export class Mmu {
     }
     this.xCached = false; // set by the walk if it starts from a paging-structure-cache entry
     return this.cfg.mode === Mode.Ept ? this.eptWalk(gHi, gLo, type, final, laHi, laLo) : this.nptWalk(gHi, gLo, type, final);
+  }
+
+  /** Whether the guest-physical caches are known to hold nothing for the page of (gHi, gLo) under the current EP4TA (see goneEpoch). */
+  private gpaGone(gHi: number, gLo: number): boolean {
+    return this.goneEpoch === this.tlb.gpEpoch[0] && this.goneLo === (gLo & ~0xfff) && this.goneHi === gHi && this.goneEp4ta === this.cEp4ta;
   }
 
   /** EPT misconfiguration conditions of a present entry (SDM 28.2.3.1). */
@@ -759,7 +776,7 @@ export class Mmu {
     let tHi = ((eptp * INV_TWO32) | 0) & addrHi;
     let tLo = eptp & ~0xfff;
     let rights = 7;
-    if (this.pscOn()) {
+    if (this.pscOn() && !this.gpaGone(gHi, gLo)) {
       for (let k = 2; k <= level; k++) {
         const c = this.tlb.ePsc[k];
         const i = c.lookup(maskHi(gHi, c.granule), maskLo(gLo, c.granule), this.gVpid, 0, this.cEp4ta);
@@ -878,6 +895,10 @@ export class Mmu {
       const gLo = gpa | 0;
       const ep4ta = this.cEp4ta;
       this.tlb.dropGuestPhysicalCovering(gHi, gLo, -1, ep4ta);
+      this.goneEpoch = this.tlb.gpEpoch[0];
+      this.goneHi = gHi;
+      this.goneLo = gLo & ~0xfff;
+      this.goneEp4ta = ep4ta;
       if (this.regs.paging && r.glaValid) this.dropForLinear(laHi, laLo);
     }
   }
