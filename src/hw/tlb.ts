@@ -72,13 +72,20 @@ export class VcpuTlb {
    * that cover the address.
    */
   dropLinearCovering(hi: number, lo: number, vpid: number, pcid: number, ep4ta: number): void {
-    this.comb.dropCovering(hi, lo, vpid, pcid, ep4ta, true);
-    for (let k = 2; k <= 5; k++) this.gPsc[k].dropCovering(hi, lo, vpid, pcid, ep4ta, false);
+    // An empty cache has nothing to drop: skip the call (most PSC levels are empty on a fault).
+    if (this.comb.count() !== 0) this.comb.dropCovering(hi, lo, vpid, pcid, ep4ta, true);
+    for (let k = 2; k <= 5; k++) {
+      const c = this.gPsc[k];
+      if (c.count() !== 0) c.dropCovering(hi, lo, vpid, pcid, ep4ta, false);
+    }
   }
 
   /** An EPT violation or NPF at a guest-physical address: guest-physical mappings with these tags (vpid -1: any) that cover it. */
   dropGuestPhysicalCovering(hi: number, lo: number, vpid: number, ep4ta: number): void {
-    this.gpa.dropCovering(hi, lo, vpid, -1, ep4ta, false);
-    for (let k = 2; k <= 5; k++) this.ePsc[k].dropCovering(hi, lo, vpid, -1, ep4ta, false);
+    if (this.gpa.count() !== 0) this.gpa.dropCovering(hi, lo, vpid, -1, ep4ta, false);
+    for (let k = 2; k <= 5; k++) {
+      const c = this.ePsc[k];
+      if (c.count() !== 0) c.dropCovering(hi, lo, vpid, -1, ep4ta, false);
+    }
   }
 }

@@ -393,6 +393,7 @@ export class Mmu {
     if (fill) {
       for (let k = 2; k <= levels; k++) {
         const c = this.tlb.gPsc[k];
+        if (c.count() === 0) continue; // nothing to find: skip the key computation too
         const i = c.lookup(maskHi(laHi, c.granule), maskLo(laLo, c.granule), this.cVpid, this.cPcid, this.cEp4ta);
         if (i >= 0) {
           pscHit = true;
@@ -779,6 +780,7 @@ export class Mmu {
     if (this.pscOn() && !this.gpaGone(gHi, gLo)) {
       for (let k = 2; k <= level; k++) {
         const c = this.tlb.ePsc[k];
+        if (c.count() === 0) continue; // nothing to find: skip the key computation too
         const i = c.lookup(maskHi(gHi, c.granule), maskLo(gLo, c.granule), this.gVpid, 0, this.cEp4ta);
         if (i >= 0) {
           this.xCached = true;
@@ -922,6 +924,7 @@ export class Mmu {
     if (this.pscOn()) {
       for (let k = 2; k <= 4; k++) {
         const c = this.tlb.ePsc[k];
+        if (c.count() === 0) continue; // nothing to find: skip the key computation too
         const i = c.lookup(maskHi(gHi, c.granule), maskLo(gLo, c.granule), this.gVpid, 0, 0);
         if (i >= 0) {
           this.xCached = true;
