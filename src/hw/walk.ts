@@ -446,7 +446,8 @@ export class Mmu {
         entryRt = this.xRights;
         entryCached = this.xCached;
       }
-      if (fill) {
+      if (fill && level !== top) {
+        // Read for the fill of the level above only: the top level's table is never needed.
         this.lvTableGpa[level] = join(tgHi, tgLo);
         this.lvTableHpa[level] = join(ehHi, ehLo) - idx8;
         this.lvTableRt[level] = entryRt;
@@ -635,7 +636,7 @@ export class Mmu {
       entryRt = this.xRights;
     }
     if (this.cfg.mode !== Mode.Native && (entryRt & RT_EW) === 0) {
-      if (this.cfg.mode === Mode.Ept) this.eptViolation(entryGpa, T_R | T_W, (entryRt >>> RT_E_SHIFT) & 7, false, laHi, laLo);
+      if (this.cfg.mode === Mode.Ept) this.eptViolation((entryGpa * INV_TWO32) | 0, entryGpa | 0, T_R | T_W, (entryRt >>> RT_E_SHIFT) & 7, false, laHi, laLo);
       else this.npf(entryGpa, PF_P | PF_W | PF_U, false);
       return S_EXIT;
     }
@@ -810,7 +811,7 @@ export class Mmu {
       if (rec !== null) rec.ref(Dim.Ept, level, -1, join(tHi, aLo), lo, hi, join(gHi, gLo), rights << RT_E_SHIFT);
       if ((lo & 7) === 0) {
         r.refs += top - level + 1;
-        this.eptViolation(join(gHi, gLo), type, 0, final, laHi, laLo);
+        this.eptViolation(gHi, gLo, type, 0, final, laHi, laLo);
         return S_EXIT;
       }
       if (this.eptMisconfigured(lo, hi, level)) {
@@ -839,7 +840,7 @@ export class Mmu {
     r.refs += top - level + 1;
     // Permissions are judged only once the walk completed (SDM 28.2.3.3).
     if ((rights & type) !== type) {
-      this.eptViolation(join(gHi, gLo), type, rights, final, laHi, laLo);
+      this.eptViolation(gHi, gLo, type, rights, final, laHi, laLo);
       return S_EXIT;
     }
     // EPT A/D (EPTP bit 6): A in every entry used, D in the leaf for a write (SDM 28.2.4).
@@ -883,18 +884,17 @@ export class Mmu {
     }
   }
 
-  private eptViolation(gpa: number, type: number, rights: number, final: boolean, laHi: number, laLo: number): void {
+  /** An EPT violation at the gPA (gHi, gLo) (SDM 28.2.3.3), with its exit qualification (SDM table 27-7). */
+  private eptViolation(gHi: number, gLo: number, type: number, rights: number, final: boolean, laHi: number, laLo: number): void {
     const r = this.res;
     r.outcome = Outcome.EptViolation;
-    r.gpa = gpa;
+    r.gpa = join(gHi, gLo);
     r.glaValid = !this.pdpteLoad;
     r.qualification = type | (rights << 3) | (r.glaValid ? EQ_GLA_VALID : 0) | (final ? EQ_TRANSLATED : 0);
     r.laHi = laHi;
     r.laLo = laLo;
     if (this.cachesOn()) {
       // SDM 28.3.3.1: drop guest-physical mappings for the gPA and combined mappings for the LA.
-      const gHi = (gpa * INV_TWO32) | 0;
-      const gLo = gpa | 0;
       const ep4ta = this.cEp4ta;
       this.tlb.dropGuestPhysicalCovering(gHi, gLo, -1, ep4ta);
       this.goneEpoch = this.tlb.gpEpoch[0];
