@@ -116,6 +116,10 @@ export class Mmu {
   /** A probe reads memory only: no A/D write-back, no cache lookup or fill, no invalidation. */
   probe = false;
 
+  // The configuration, fixed for the machine's life, one load nearer.
+  private readonly mode: Mode;
+  private readonly tlbOn: boolean;
+  private readonly pscCfg: boolean;
   /** tlb.comb, one load nearer. */
   private readonly comb: TagCache;
   /** regs.stamp, one load nearer for the L1 hit path. */
@@ -182,6 +186,9 @@ export class Mmu {
     readonly cfg: MachineConfig,
     readonly tlb: VcpuTlb,
   ) {
+    this.mode = cfg.mode;
+    this.tlbOn = cfg.tlb;
+    this.pscCfg = cfg.psc;
     this.comb = tlb.comb;
     this.stamp = regs.stamp;
     if (tlb.comb.epoch !== regs.stamp) throw new Error('assertion: the combined TLB must share the registers\' stamp');
@@ -198,12 +205,12 @@ export class Mmu {
    * generic ToBoolean, and this is asked several times a walk.
    */
   private cachesOn(): boolean {
-    return this.cfg.tlb === true && this.probe === false;
+    return this.tlbOn === true && this.probe === false;
   }
 
   /** Whether the paging-structure caches are looked up and filled too. */
   private pscOn(): boolean {
-    return this.cfg.psc === true && this.cachesOn();
+    return this.pscCfg === true && this.cachesOn();
   }
 
   /** Physical address in an entry, bits [M-1:shift]. */
@@ -215,7 +222,7 @@ export class Mmu {
   private setContext(): void {
     const r = this.regs;
     this.cPcid = r.pcid;
-    switch (this.cfg.mode) {
+    switch (this.mode) {
       case Mode.Native:
         this.cVpid = 0;
         this.cEp4ta = 0;
@@ -299,7 +306,7 @@ export class Mmu {
             return;
           }
           const need = kind === AccessKind.Write ? RT_EW : kind === AccessKind.Fetch ? RT_EX : RT_ER;
-          if (this.cfg.mode === Mode.Native || (rt & need) !== 0) {
+          if (this.mode === Mode.Native || (rt & need) !== 0) {
             const off = laLo & 0xfff;
             r.outcome = Outcome.Ok;
             r.hpa = comb.hpa[i] + off;
@@ -338,7 +345,7 @@ export class Mmu {
   private translateUnpaged(laLo: number, kind: AccessKind): void {
     const r = this.res;
     const pa = laLo >>> 0;
-    if (this.cfg.mode === Mode.Native) {
+    if (this.mode === Mode.Native) {
       r.outcome = Outcome.Ok;
       r.hpa = pa;
       r.gpa = pa;
@@ -367,7 +374,7 @@ export class Mmu {
     const r = this.res;
     const regs = this.regs;
     const mem = this.mem;
-    const mode = this.cfg.mode;
+    const mode = this.mode;
     const addrHi = this.addrHi;
     const pae = (regs.efer & EFER_LMA) === 0;
     // PAE: the PDPTE (level 3) comes from a register or, under NPT, from memory; walks below start at the PD.
@@ -524,7 +531,7 @@ export class Mmu {
         join(hHi, hLo & ~0xfff), join(fgHi, fgLo & ~0xfff),
         rw | (us << 1) | (xd << 2) | dirty | (pkey << RT_PKEY_SHIFT) | (finalRt & (RT_ER | RT_EW | RT_EX | RT_EDIRTY)),
       );
-      if (this.cfg.psc) {
+      if (this.pscCfg === true) {
         for (let k = top; k > level; k--) {
           const c = this.tlb.gPsc[k];
           c.insert(maskHi(laHi, c.granule), maskLo(laLo, c.granule), this.cVpid, this.cPcid, this.cEp4ta, false, c.granule,
@@ -545,7 +552,7 @@ export class Mmu {
     const idx = (laLo >>> 30) & 3;
     let lo = regs.pdpteLo[idx];
     let hi = regs.pdpteHi[idx];
-    if (this.cfg.mode === Mode.Npt) {
+    if (this.mode === Mode.Npt) {
       const entryGpa = ((regs.cr3 & 0xffffffe0) >>> 0) + idx * 8;
       const s = this.xlateGpa(0, entryGpa | 0, walkType, false, 0, laLo);
       if (s !== S_OK) return s;
@@ -584,14 +591,14 @@ export class Mmu {
   loadPdptes(cr3: number): boolean {
     const regs = this.regs;
     const r = this.res;
-    if (this.cfg.mode === Mode.Npt) return true;
+    if (this.mode === Mode.Npt) return true;
     this.setContext();
     const base = (cr3 & 0xffffffe0) >>> 0;
     const lo = [0, 0, 0, 0];
     const hi = [0, 0, 0, 0];
     for (let i = 0; i < 4; i++) {
       let hpa = base + i * 8;
-      if (this.cfg.mode === Mode.Ept) {
+      if (this.mode === Mode.Ept) {
         this.pdpteLoad = true;
         let s = S_RESTART;
         try {
@@ -626,7 +633,7 @@ export class Mmu {
    * allow (SDM 28.2.3.2: guest A/D updates are data writes).
    */
   private guestSetBits(level: number, entryGpa: number, entryHpa: number, entryRt: number, cached: boolean, lo: number, hi: number, bits: number, laHi: number, laLo: number): number {
-    if (this.cfg.mode !== Mode.Native && (entryRt & RT_EW) === 0 && cached) {
+    if (this.mode !== Mode.Native && (entryRt & RT_EW) === 0 && cached) {
       // Cached rights deny the write-back: re-walk the second dimension from memory, as the TLB-hit path does.
       const gHi = (entryGpa * INV_TWO32) | 0;
       const gLo = entryGpa | 0;
@@ -635,8 +642,8 @@ export class Mmu {
       if (s !== S_OK) return s;
       entryRt = this.xRights;
     }
-    if (this.cfg.mode !== Mode.Native && (entryRt & RT_EW) === 0) {
-      if (this.cfg.mode === Mode.Ept) this.eptViolation((entryGpa * INV_TWO32) | 0, entryGpa | 0, T_R | T_W, (entryRt >>> RT_E_SHIFT) & 7, false, laHi, laLo);
+    if (this.mode !== Mode.Native && (entryRt & RT_EW) === 0) {
+      if (this.mode === Mode.Ept) this.eptViolation((entryGpa * INV_TWO32) | 0, entryGpa | 0, T_R | T_W, (entryRt >>> RT_E_SHIFT) & 7, false, laHi, laLo);
       else this.npf(entryGpa, PF_P | PF_W | PF_U, false);
       return S_EXIT;
     }
@@ -746,7 +753,7 @@ export class Mmu {
       }
     }
     this.xCached = false; // set by the walk if it starts from a paging-structure-cache entry
-    return this.cfg.mode === Mode.Ept ? this.eptWalk(gHi, gLo, type, final, laHi, laLo) : this.nptWalk(gHi, gLo, type, final);
+    return this.mode === Mode.Ept ? this.eptWalk(gHi, gLo, type, final, laHi, laLo) : this.nptWalk(gHi, gLo, type, final);
   }
 
   /** Whether the guest-physical caches are known to hold nothing for the page of (gHi, gLo) under the current EP4TA (see goneEpoch). */
@@ -876,7 +883,7 @@ export class Mmu {
   private fillGuestPhysical(gHi: number, gLo: number, top: number, leafLevel: number): void {
     const shift = leafLevel === 3 ? 30 : leafLevel === 2 ? 21 : 12;
     this.tlb.gpa.insert(gHi, gLo & ~0xfff, this.gVpid, 0, this.cEp4ta, false, shift, join(this.xHi, this.xLo & ~0xfff), join(gHi, gLo & ~0xfff), this.xRights);
-    if (!this.cfg.psc) return;
+    if (this.pscCfg === false) return;
     for (let k = top; k > leafLevel; k--) {
       const c = this.tlb.ePsc[k];
       const next = this.addrOf(this.eLo[k], this.eHi[k], 12);
