@@ -25,14 +25,16 @@ export class VcpuTlb {
   readonly gpa: TagCache;
   readonly gPsc: TagCache[] = [];
   readonly ePsc: TagCache[] = [];
+  /** The cell `gpa` and every `ePsc[k]` bump on every change: one number tells that none of them changed. */
+  readonly gpEpoch = new Int32Array(1);
 
   /** `stamp`: the cell the combined TLB bumps on every change (shared with the registers' generation). */
   constructor(g: TlbGeometry = DEFAULT_GEOMETRY, stamp: Int32Array = new Int32Array(1)) {
     this.comb = new TagCache(g.entries, g.ways, 12, stamp);
-    this.gpa = new TagCache(g.entries, g.ways, 12);
+    this.gpa = new TagCache(g.entries, g.ways, 12, this.gpEpoch);
     for (let k = 2; k <= 5; k++) {
       this.gPsc[k] = new TagCache(g.pscEntries, g.pscWays, 12 + 9 * (k - 1));
-      this.ePsc[k] = new TagCache(g.pscEntries, g.pscWays, 12 + 9 * (k - 1));
+      this.ePsc[k] = new TagCache(g.pscEntries, g.pscWays, 12 + 9 * (k - 1), this.gpEpoch);
     }
   }
 
@@ -70,13 +72,20 @@ export class VcpuTlb {
    * that cover the address.
    */
   dropLinearCovering(hi: number, lo: number, vpid: number, pcid: number, ep4ta: number): void {
-    this.comb.dropCovering(hi, lo, vpid, pcid, ep4ta, true);
-    for (let k = 2; k <= 5; k++) this.gPsc[k].dropCovering(hi, lo, vpid, pcid, ep4ta, false);
+    // An empty cache has nothing to drop: skip the call (most PSC levels are empty on a fault).
+    if (this.comb.count() !== 0) this.comb.dropCovering(hi, lo, vpid, pcid, ep4ta, true);
+    for (let k = 2; k <= 5; k++) {
+      const c = this.gPsc[k];
+      if (c.count() !== 0) c.dropCovering(hi, lo, vpid, pcid, ep4ta, false);
+    }
   }
 
   /** An EPT violation or NPF at a guest-physical address: guest-physical mappings with these tags (vpid -1: any) that cover it. */
   dropGuestPhysicalCovering(hi: number, lo: number, vpid: number, ep4ta: number): void {
-    this.gpa.dropCovering(hi, lo, vpid, -1, ep4ta, false);
-    for (let k = 2; k <= 5; k++) this.ePsc[k].dropCovering(hi, lo, vpid, -1, ep4ta, false);
+    if (this.gpa.count() !== 0) this.gpa.dropCovering(hi, lo, vpid, -1, ep4ta, false);
+    for (let k = 2; k <= 5; k++) {
+      const c = this.ePsc[k];
+      if (c.count() !== 0) c.dropCovering(hi, lo, vpid, -1, ep4ta, false);
+    }
   }
 }

@@ -116,6 +116,10 @@ export class Mmu {
   /** A probe reads memory only: no A/D write-back, no cache lookup or fill, no invalidation. */
   probe = false;
 
+  // The configuration, fixed for the machine's life, one load nearer.
+  private readonly mode: Mode;
+  private readonly tlbOn: boolean;
+  private readonly pscCfg: boolean;
   /** tlb.comb, one load nearer. */
   private readonly comb: TagCache;
   /** regs.stamp, one load nearer for the L1 hit path. */
@@ -146,6 +150,18 @@ export class Mmu {
   /** Whether xRights came (wholly or partly) from a cache rather than memory. */
   private xCached = false;
 
+  /**
+   * The gPA page and EP4TA of the last EPT violation, whose guest-physical
+   * mappings and EPT paging-structure-cache entries it dropped (any VPID),
+   * and tlb.gpEpoch after the drop. While that epoch stands nothing was
+   * inserted there since, so a lookup for the page (the retry's final
+   * translation) must miss and is skipped.
+   */
+  private goneEpoch = 0;
+  private goneHi = 0;
+  private goneLo = -1; // no page yet: never a page address
+  private goneEp4ta = 0;
+
   // Context tags of the current access.
   private cVpid = 0;
   private cPcid = 0;
@@ -170,6 +186,9 @@ export class Mmu {
     readonly cfg: MachineConfig,
     readonly tlb: VcpuTlb,
   ) {
+    this.mode = cfg.mode;
+    this.tlbOn = cfg.tlb;
+    this.pscCfg = cfg.psc;
     this.comb = tlb.comb;
     this.stamp = regs.stamp;
     if (tlb.comb.epoch !== regs.stamp) throw new Error('assertion: the combined TLB must share the registers\' stamp');
@@ -186,12 +205,12 @@ export class Mmu {
    * generic ToBoolean, and this is asked several times a walk.
    */
   private cachesOn(): boolean {
-    return this.cfg.tlb === true && this.probe === false;
+    return this.tlbOn === true && this.probe === false;
   }
 
   /** Whether the paging-structure caches are looked up and filled too. */
   private pscOn(): boolean {
-    return this.cfg.psc === true && this.cachesOn();
+    return this.pscCfg === true && this.cachesOn();
   }
 
   /** Physical address in an entry, bits [M-1:shift]. */
@@ -203,7 +222,7 @@ export class Mmu {
   private setContext(): void {
     const r = this.regs;
     this.cPcid = r.pcid;
-    switch (this.cfg.mode) {
+    switch (this.mode) {
       case Mode.Native:
         this.cVpid = 0;
         this.cEp4ta = 0;
@@ -287,7 +306,7 @@ export class Mmu {
             return;
           }
           const need = kind === AccessKind.Write ? RT_EW : kind === AccessKind.Fetch ? RT_EX : RT_ER;
-          if (this.cfg.mode === Mode.Native || (rt & need) !== 0) {
+          if (this.mode === Mode.Native || (rt & need) !== 0) {
             const off = laLo & 0xfff;
             r.outcome = Outcome.Ok;
             r.hpa = comb.hpa[i] + off;
@@ -326,7 +345,7 @@ export class Mmu {
   private translateUnpaged(laLo: number, kind: AccessKind): void {
     const r = this.res;
     const pa = laLo >>> 0;
-    if (this.cfg.mode === Mode.Native) {
+    if (this.mode === Mode.Native) {
       r.outcome = Outcome.Ok;
       r.hpa = pa;
       r.gpa = pa;
@@ -355,7 +374,7 @@ export class Mmu {
     const r = this.res;
     const regs = this.regs;
     const mem = this.mem;
-    const mode = this.cfg.mode;
+    const mode = this.mode;
     const addrHi = this.addrHi;
     const pae = (regs.efer & EFER_LMA) === 0;
     // PAE: the PDPTE (level 3) comes from a register or, under NPT, from memory; walks below start at the PD.
@@ -381,6 +400,7 @@ export class Mmu {
     if (fill) {
       for (let k = 2; k <= levels; k++) {
         const c = this.tlb.gPsc[k];
+        if (c.count() === 0) continue; // nothing to find: skip the key computation too
         const i = c.lookup(maskHi(laHi, c.granule), maskLo(laLo, c.granule), this.cVpid, this.cPcid, this.cEp4ta);
         if (i >= 0) {
           pscHit = true;
@@ -433,7 +453,8 @@ export class Mmu {
         entryRt = this.xRights;
         entryCached = this.xCached;
       }
-      if (fill) {
+      if (fill && level !== top) {
+        // Read for the fill of the level above only: the top level's table is never needed.
         this.lvTableGpa[level] = join(tgHi, tgLo);
         this.lvTableHpa[level] = join(ehHi, ehLo) - idx8;
         this.lvTableRt[level] = entryRt;
@@ -510,7 +531,7 @@ export class Mmu {
         join(hHi, hLo & ~0xfff), join(fgHi, fgLo & ~0xfff),
         rw | (us << 1) | (xd << 2) | dirty | (pkey << RT_PKEY_SHIFT) | (finalRt & (RT_ER | RT_EW | RT_EX | RT_EDIRTY)),
       );
-      if (this.cfg.psc) {
+      if (this.pscCfg === true) {
         for (let k = top; k > level; k--) {
           const c = this.tlb.gPsc[k];
           c.insert(maskHi(laHi, c.granule), maskLo(laLo, c.granule), this.cVpid, this.cPcid, this.cEp4ta, false, c.granule,
@@ -531,7 +552,7 @@ export class Mmu {
     const idx = (laLo >>> 30) & 3;
     let lo = regs.pdpteLo[idx];
     let hi = regs.pdpteHi[idx];
-    if (this.cfg.mode === Mode.Npt) {
+    if (this.mode === Mode.Npt) {
       const entryGpa = ((regs.cr3 & 0xffffffe0) >>> 0) + idx * 8;
       const s = this.xlateGpa(0, entryGpa | 0, walkType, false, 0, laLo);
       if (s !== S_OK) return s;
@@ -570,14 +591,14 @@ export class Mmu {
   loadPdptes(cr3: number): boolean {
     const regs = this.regs;
     const r = this.res;
-    if (this.cfg.mode === Mode.Npt) return true;
+    if (this.mode === Mode.Npt) return true;
     this.setContext();
     const base = (cr3 & 0xffffffe0) >>> 0;
     const lo = [0, 0, 0, 0];
     const hi = [0, 0, 0, 0];
     for (let i = 0; i < 4; i++) {
       let hpa = base + i * 8;
-      if (this.cfg.mode === Mode.Ept) {
+      if (this.mode === Mode.Ept) {
         this.pdpteLoad = true;
         let s = S_RESTART;
         try {
@@ -612,7 +633,7 @@ export class Mmu {
    * allow (SDM 28.2.3.2: guest A/D updates are data writes).
    */
   private guestSetBits(level: number, entryGpa: number, entryHpa: number, entryRt: number, cached: boolean, lo: number, hi: number, bits: number, laHi: number, laLo: number): number {
-    if (this.cfg.mode !== Mode.Native && (entryRt & RT_EW) === 0 && cached) {
+    if (this.mode !== Mode.Native && (entryRt & RT_EW) === 0 && cached) {
       // Cached rights deny the write-back: re-walk the second dimension from memory, as the TLB-hit path does.
       const gHi = (entryGpa * INV_TWO32) | 0;
       const gLo = entryGpa | 0;
@@ -621,8 +642,8 @@ export class Mmu {
       if (s !== S_OK) return s;
       entryRt = this.xRights;
     }
-    if (this.cfg.mode !== Mode.Native && (entryRt & RT_EW) === 0) {
-      if (this.cfg.mode === Mode.Ept) this.eptViolation(entryGpa, T_R | T_W, (entryRt >>> RT_E_SHIFT) & 7, false, laHi, laLo);
+    if (this.mode !== Mode.Native && (entryRt & RT_EW) === 0) {
+      if (this.mode === Mode.Ept) this.eptViolation((entryGpa * INV_TWO32) | 0, entryGpa | 0, T_R | T_W, (entryRt >>> RT_E_SHIFT) & 7, false, laHi, laLo);
       else this.npf(entryGpa, PF_P | PF_W | PF_U, false);
       return S_EXIT;
     }
@@ -716,7 +737,7 @@ export class Mmu {
    * the result.
    */
   private xlateGpa(gHi: number, gLo: number, type: number, final: boolean, laHi: number, laLo: number): number {
-    if (this.cachesOn()) {
+    if (this.cachesOn() && !this.gpaGone(gHi, gLo)) {
       const c = this.tlb.gpa;
       const i = c.lookup(gHi, gLo & ~0xfff, this.gVpid, 0, this.cEp4ta);
       if (i >= 0) {
@@ -732,7 +753,12 @@ export class Mmu {
       }
     }
     this.xCached = false; // set by the walk if it starts from a paging-structure-cache entry
-    return this.cfg.mode === Mode.Ept ? this.eptWalk(gHi, gLo, type, final, laHi, laLo) : this.nptWalk(gHi, gLo, type, final);
+    return this.mode === Mode.Ept ? this.eptWalk(gHi, gLo, type, final, laHi, laLo) : this.nptWalk(gHi, gLo, type, final);
+  }
+
+  /** Whether the guest-physical caches are known to hold nothing for the page of (gHi, gLo) under the current EP4TA (see goneEpoch). */
+  private gpaGone(gHi: number, gLo: number): boolean {
+    return this.goneEpoch === this.tlb.gpEpoch[0] && this.goneLo === (gLo & ~0xfff) && this.goneHi === gHi && this.goneEp4ta === this.cEp4ta;
   }
 
   /** EPT misconfiguration conditions of a present entry (SDM 28.2.3.1). */
@@ -759,9 +785,10 @@ export class Mmu {
     let tHi = ((eptp * INV_TWO32) | 0) & addrHi;
     let tLo = eptp & ~0xfff;
     let rights = 7;
-    if (this.pscOn()) {
+    if (this.pscOn() && !this.gpaGone(gHi, gLo)) {
       for (let k = 2; k <= level; k++) {
         const c = this.tlb.ePsc[k];
+        if (c.count() === 0) continue; // nothing to find: skip the key computation too
         const i = c.lookup(maskHi(gHi, c.granule), maskLo(gLo, c.granule), this.gVpid, 0, this.cEp4ta);
         if (i >= 0) {
           this.xCached = true;
@@ -791,7 +818,7 @@ export class Mmu {
       if (rec !== null) rec.ref(Dim.Ept, level, -1, join(tHi, aLo), lo, hi, join(gHi, gLo), rights << RT_E_SHIFT);
       if ((lo & 7) === 0) {
         r.refs += top - level + 1;
-        this.eptViolation(join(gHi, gLo), type, 0, final, laHi, laLo);
+        this.eptViolation(gHi, gLo, type, 0, final, laHi, laLo);
         return S_EXIT;
       }
       if (this.eptMisconfigured(lo, hi, level)) {
@@ -820,7 +847,7 @@ export class Mmu {
     r.refs += top - level + 1;
     // Permissions are judged only once the walk completed (SDM 28.2.3.3).
     if ((rights & type) !== type) {
-      this.eptViolation(join(gHi, gLo), type, rights, final, laHi, laLo);
+      this.eptViolation(gHi, gLo, type, rights, final, laHi, laLo);
       return S_EXIT;
     }
     // EPT A/D (EPTP bit 6): A in every entry used, D in the leaf for a write (SDM 28.2.4).
@@ -856,7 +883,7 @@ export class Mmu {
   private fillGuestPhysical(gHi: number, gLo: number, top: number, leafLevel: number): void {
     const shift = leafLevel === 3 ? 30 : leafLevel === 2 ? 21 : 12;
     this.tlb.gpa.insert(gHi, gLo & ~0xfff, this.gVpid, 0, this.cEp4ta, false, shift, join(this.xHi, this.xLo & ~0xfff), join(gHi, gLo & ~0xfff), this.xRights);
-    if (!this.cfg.psc) return;
+    if (this.pscCfg === false) return;
     for (let k = top; k > leafLevel; k--) {
       const c = this.tlb.ePsc[k];
       const next = this.addrOf(this.eLo[k], this.eHi[k], 12);
@@ -864,20 +891,23 @@ export class Mmu {
     }
   }
 
-  private eptViolation(gpa: number, type: number, rights: number, final: boolean, laHi: number, laLo: number): void {
+  /** An EPT violation at the gPA (gHi, gLo) (SDM 28.2.3.3), with its exit qualification (SDM table 27-7). */
+  private eptViolation(gHi: number, gLo: number, type: number, rights: number, final: boolean, laHi: number, laLo: number): void {
     const r = this.res;
     r.outcome = Outcome.EptViolation;
-    r.gpa = gpa;
+    r.gpa = join(gHi, gLo);
     r.glaValid = !this.pdpteLoad;
     r.qualification = type | (rights << 3) | (r.glaValid ? EQ_GLA_VALID : 0) | (final ? EQ_TRANSLATED : 0);
     r.laHi = laHi;
     r.laLo = laLo;
     if (this.cachesOn()) {
       // SDM 28.3.3.1: drop guest-physical mappings for the gPA and combined mappings for the LA.
-      const gHi = (gpa * INV_TWO32) | 0;
-      const gLo = gpa | 0;
       const ep4ta = this.cEp4ta;
       this.tlb.dropGuestPhysicalCovering(gHi, gLo, -1, ep4ta);
+      this.goneEpoch = this.tlb.gpEpoch[0];
+      this.goneHi = gHi;
+      this.goneLo = gLo & ~0xfff;
+      this.goneEp4ta = ep4ta;
       if (this.regs.paging && r.glaValid) this.dropForLinear(laHi, laLo);
     }
   }
@@ -901,6 +931,7 @@ export class Mmu {
     if (this.pscOn()) {
       for (let k = 2; k <= 4; k++) {
         const c = this.tlb.ePsc[k];
+        if (c.count() === 0) continue; // nothing to find: skip the key computation too
         const i = c.lookup(maskHi(gHi, c.granule), maskLo(gLo, c.granule), this.gVpid, 0, 0);
         if (i >= 0) {
           this.xCached = true;

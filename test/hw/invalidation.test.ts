@@ -842,6 +842,25 @@ describe('EPT violation (hw.md §7.3 row 22, §4.4)', () => {
     expect(cnt(s)).toEqual(counts(1, [1, 1, 1], 9, [3, 1, 1]));
     at(s, { eptp: e2 });
     expect(look(s, A)).toEqual(ok(s, 0x80_0000, true));
+    // Without the combined entry, E2's walk takes every gPA, the violating one too, from its guest-physical mappings.
+    expectOutcome(invlpg(s, A), Outcome.Ok);
+    const r = s.raw(A, 'read');
+    expect({ outcome: r.outcome, hit: r.tlbHit, refs: r.refs }).toEqual({ outcome: Outcome.Ok, hit: false, refs: 4 });
+  });
+
+  it('a mapping of the violating gPA made afterwards (through another LA) serves the next walk to it', () => {
+    const s = make('ept');
+    const D = 0x40_3000n; // same page table as A, same data page
+    s.map(D, 0x80_0000);
+    s.write64(s.eEntry(0x80_0000, 1), 0x80_0000n | EPT_R | EPT_WB);
+    expect(look(s, A)).toEqual(ok(s, 0x80_0000, false));
+    expect(look(s, A, 'write')).toEqual({ result: 'ept_violation', qualification: '0x18a', gpa: '0x800000', gla: '0x401000', hit: false });
+    s.write64(s.eEntry(0x80_0000, 1), 0x80_0000n | EPT_RWX | EPT_WB);
+    // D's walk translates gPA 0x800000 from memory and caches it (and A's guest path again) ...
+    expect(look(s, D)).toEqual(ok(s, 0x80_0000, false));
+    // ... so A's write reads only its PTE (PDE-cache hit) and takes the gPA from the TLB.
+    const r = s.raw(A, 'write');
+    expect({ outcome: r.outcome, hit: r.tlbHit, refs: r.refs }).toEqual({ outcome: Outcome.Ok, hit: false, refs: 1 });
   });
 
   it('on a guest page-table access: drops the mapping of that guest-table gPA', () => {
