@@ -29,6 +29,15 @@ export class TagCache {
   private readonly data: Int32Array;
   private readonly victim: Uint8Array;
   /**
+   * Valid entries by the low bits of their key's hash (a superset of the set
+   * index): most lookups and invalidations on a fault path are for keys not
+   * cached, and a zero here answers them without scanning the set.
+   */
+  private readonly keyCount: Uint16Array;
+  private readonly keyMask: number;
+  /** Valid entries by set: a fill into a full set goes straight to the victim. */
+  private readonly setFill: Uint8Array;
+  /**
    * Entries made from pages larger than the granule (4K fragments of 2M/1G
    * pages) live in the set of their own 4K key but cover addresses of other
    * sets. They are also chained in buckets by the page they came from, so
@@ -64,6 +73,7 @@ export class TagCache {
     if (ways < 1 || entries < ways || entries % ways !== 0) throw new Error(`assertion: cache of ${entries} entries cannot have ${ways} ways`);
     const sets = entries / ways;
     if ((sets & (sets - 1)) !== 0) throw new Error(`assertion: cache set count ${sets} is not a power of two`);
+    if (ways > 255 || entries > 0xffff) throw new Error(`assertion: cache of ${entries} entries in ${ways} ways is too large`);
     this.sets = sets;
     this.ways = ways;
     this.size = entries;
@@ -72,6 +82,11 @@ export class TagCache {
     this.data = new Int32Array(entries * STRIDE);
     for (let i = 0; i < entries; i++) this.data[i * STRIDE + F_BUCKET] = -1;
     this.victim = new Uint8Array(sets);
+    let slots = sets;
+    while (slots < entries * 4) slots *= 2;
+    this.keyCount = new Uint16Array(slots);
+    this.keyMask = slots - 1;
+    this.setFill = new Uint8Array(sets);
   }
 
   // Fields of entry i (meaningful while it is valid).
@@ -162,16 +177,10 @@ export class TagCache {
     this.nLarge--;
   }
 
-  /** Index of the set a key lives in. */
-  private setIndex(keyHi: number, keyLo: number): number {
+  /** Hash of a key: its low bits are the set index (and the keyCount slot). */
+  private hash(keyHi: number, keyLo: number): number {
     const g = this.granule;
-    const x = g < 32 ? (keyLo >>> g) ^ (keyHi << (32 - g)) : keyHi >>> (g - 32);
-    return x & this.setMask;
-  }
-
-  /** Index of the first entry of the key's set. */
-  private setOf(keyHi: number, keyLo: number): number {
-    return this.setIndex(keyHi, keyLo) * this.ways;
+    return g < 32 ? (keyLo >>> g) ^ (keyHi << (32 - g)) : keyHi >>> (g - 32);
   }
 
   /**
@@ -180,7 +189,9 @@ export class TagCache {
    */
   lookup(keyHi: number, keyLo: number, vpid: number, pcid: number, ep4ta: number): number {
     if (this.nValid === 0) return -1; // paging-structure caches are often empty
-    const base = this.setOf(keyHi, keyLo);
+    const x = this.hash(keyHi, keyLo);
+    if (this.keyCount[x & this.keyMask] === 0) return -1;
+    const base = (x & this.setMask) * this.ways;
     const end = base + this.ways;
     const tag = this.tag;
     const want = keyLo | TAG_VALID;
@@ -206,21 +217,32 @@ export class TagCache {
     global: boolean, shift: number, hpa: number, gpa: number, rights: number,
   ): number {
     // One pass over the set: the matching entry, else the first free way.
-    const set = this.setIndex(keyHi, keyLo);
+    const x = this.hash(keyHi, keyLo);
+    const set = x & this.setMask;
     const base = set * this.ways;
     const end = base + this.ways;
     const tag = this.tag;
     const want = keyLo | TAG_VALID;
     let i = -1;
     let w = -1;
-    for (let j = base; j < end; j++) {
-      const t = tag[j];
-      if ((t & ~TAG_CHAINED) === want) {
-        if (this.sameContext(j, keyHi, vpid, pcid, ep4ta)) {
-          i = j;
+    if (this.keyCount[x & this.keyMask] !== 0) {
+      for (let j = base; j < end; j++) {
+        const t = tag[j];
+        if ((t & ~TAG_CHAINED) === want) {
+          if (this.sameContext(j, keyHi, vpid, pcid, ep4ta)) {
+            i = j;
+            break;
+          }
+        } else if (t === 0 && w < 0) w = j;
+      }
+    } else if (this.setFill[set] !== this.ways) {
+      // No entry with the key: only a free way is wanted.
+      for (let j = base; j < end; j++) {
+        if (tag[j] === 0) {
+          w = j;
           break;
         }
-      } else if (t === 0 && w < 0) w = j;
+      }
     }
     if (i < 0) {
       if (w < 0) {
@@ -232,11 +254,17 @@ export class TagCache {
       i = w;
     }
     const old = tag[i];
-    if (old === 0) this.nValid++;
-    else if ((old & TAG_CHAINED) !== 0) this.unchain(i);
-    tag[i] = want;
     const d = this.data;
     const e = i * STRIDE;
+    if (old === 0) {
+      this.nValid++;
+      this.setFill[set]++;
+    } else {
+      if ((old & TAG_CHAINED) !== 0) this.unchain(i);
+      this.keyCount[this.hash(d[e + F_KEY_HI], d[e + F_KEY_LO]) & this.keyMask]--;
+    }
+    this.keyCount[x & this.keyMask]++;
+    tag[i] = want;
     d[e + F_KEY_HI] = keyHi;
     d[e + F_KEY_LO] = keyLo;
     d[e + F_VPID] = vpid;
@@ -266,6 +294,8 @@ export class TagCache {
   clear(): void {
     // F_BUCKET is left as it is: it is read only while an entry is chained.
     this.tag.fill(0);
+    this.keyCount.fill(0);
+    this.setFill.fill(0);
     this.nValid = 0;
     this.bucketHead.fill(-1);
     this.largeAt.fill(0);
@@ -301,12 +331,14 @@ export class TagCache {
     const g = this.granule;
     const kHi = maskHi(hi, g);
     const kLo = maskLo(lo, g);
-    const base = this.setOf(kHi, kLo);
-    const end = base + this.ways;
+    const x = this.hash(kHi, kLo);
+    const base = (x & this.setMask) * this.ways;
+    const end = this.keyCount[x & this.keyMask] === 0 ? base : base + this.ways;
     const tag = this.tag;
     const want = kLo | TAG_VALID;
-    // The set holds the entries whose key is the address's; entries larger
-    // than the granule that cover it from other keys are all in the chains below.
+    // The set holds the entries whose key is the address's (none when its
+    // count is zero); entries larger than the granule that cover it from
+    // other keys are all in the chains below.
     for (let i = base; i < end; i++) {
       if ((tag[i] & ~TAG_CHAINED) === want && this.data[i * STRIDE + F_KEY_HI] === kHi && this.tagged(i, vpid, pcid, ep4ta, globalAnyPcid)) {
         this.invalidate(i);
@@ -335,6 +367,10 @@ export class TagCache {
   private invalidate(i: number): void {
     if ((this.tag[i] & TAG_CHAINED) !== 0) this.unchain(i);
     this.tag[i] = 0;
+    const e = i * STRIDE;
+    this.keyCount[this.hash(this.data[e + F_KEY_HI], this.data[e + F_KEY_LO]) & this.keyMask]--;
+    // i / ways is exact enough: the quotient is never within 2^-8 below an integer.
+    this.setFill[(i / this.ways) | 0]--;
   }
 
   private tagged(i: number, vpid: number, pcid: number, ep4ta: number, globalAnyPcid: boolean): boolean {
