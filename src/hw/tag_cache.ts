@@ -35,6 +35,8 @@ export class TagCache {
    */
   private readonly keyCount: Uint16Array;
   private readonly keyMask: number;
+  /** Whether a keyCount slot depends on the high key (else the tag alone gives it, without a look at the entry). */
+  private readonly slotUsesHi: boolean;
   /** Valid entries by set: a fill into a full set goes straight to the victim. */
   private readonly setFill: Uint8Array;
   /**
@@ -86,6 +88,7 @@ export class TagCache {
     while (slots < entries * 4) slots *= 2;
     this.keyCount = new Uint16Array(slots);
     this.keyMask = slots - 1;
+    this.slotUsesHi = granule + Math.log2(slots) > 32;
     this.setFill = new Uint8Array(sets);
   }
 
@@ -261,7 +264,7 @@ export class TagCache {
       this.setFill[set]++;
     } else {
       if ((old & TAG_CHAINED) !== 0) this.unchain(i);
-      this.keyCount[this.hash(d[e + F_KEY_HI], d[e + F_KEY_LO]) & this.keyMask]--;
+      this.keyCount[this.slotOf(i)]--;
     }
     this.keyCount[x & this.keyMask]++;
     tag[i] = want;
@@ -363,12 +366,20 @@ export class TagCache {
     return n;
   }
 
+  /**
+   * The keyCount slot of valid entry i, from its tag when the high key does
+   * not matter: a fill over a victim then only writes the victim's line.
+   */
+  private slotOf(i: number): number {
+    const hi = this.slotUsesHi ? this.data[i * STRIDE + F_KEY_HI] : 0;
+    return this.hash(hi, this.tag[i]) & this.keyMask;
+  }
+
   /** Frees entry i (the caller counts it). */
   private invalidate(i: number): void {
     if ((this.tag[i] & TAG_CHAINED) !== 0) this.unchain(i);
+    this.keyCount[this.slotOf(i)]--;
     this.tag[i] = 0;
-    const e = i * STRIDE;
-    this.keyCount[this.hash(this.data[e + F_KEY_HI], this.data[e + F_KEY_LO]) & this.keyMask]--;
     // i / ways is exact enough: the quotient is never within 2^-8 below an integer.
     this.setFill[(i / this.ways) | 0]--;
   }
