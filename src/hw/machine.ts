@@ -179,8 +179,8 @@ export class Machine {
   /** Drop linear/combined entries of one VPID/ASID tag: all PCIDs, `keepGlobal` or not, PSCs too. */
   private dropTag(v: Vcpu, tag: number, keepGlobal: boolean, pcid = -1): void {
     v.tlb.dropLinear(
-      (c, i) => c.vpid[i] === tag && (pcid < 0 || c.pcid[i] === pcid) && !(keepGlobal && c.global[i] === 1),
-      (c, i) => c.vpid[i] === tag && (pcid < 0 || c.pcid[i] === pcid),
+      (c, i) => c.vpidOf(i) === tag && (pcid < 0 || c.pcidOf(i) === pcid) && !(keepGlobal && c.isGlobal(i)),
+      (c, i) => c.vpidOf(i) === tag && (pcid < 0 || c.pcidOf(i) === pcid),
     );
   }
 
@@ -271,8 +271,8 @@ export class Machine {
     const tag = this.linearTag(v);
     const pcid = v.regs.pcid;
     v.tlb.dropLinear(
-      (c, i) => c.vpid[i] === tag && (c.pcid[i] === pcid || c.global[i] === 1) && c.covers(i, laHi, laLo),
-      (c, i) => c.vpid[i] === tag && c.pcid[i] === pcid,
+      (c, i) => c.vpidOf(i) === tag && (c.pcidOf(i) === pcid || c.isGlobal(i)) && c.covers(i, laHi, laLo),
+      (c, i) => c.vpidOf(i) === tag && c.pcidOf(i) === pcid,
     );
     return r;
   }
@@ -290,8 +290,8 @@ export class Machine {
     switch (type) {
       case 0:
         v.tlb.dropLinear(
-          (c, i) => c.vpid[i] === tag && c.pcid[i] === pcid && c.global[i] === 0 && c.covers(i, laHi, laLo),
-          (c, i) => c.vpid[i] === tag && c.pcid[i] === pcid,
+          (c, i) => c.vpidOf(i) === tag && c.pcidOf(i) === pcid && !c.isGlobal(i) && c.covers(i, laHi, laLo),
+          (c, i) => c.vpidOf(i) === tag && c.pcidOf(i) === pcid,
         );
         break;
       case 1:
@@ -319,15 +319,15 @@ export class Machine {
     switch (type) {
       case 0:
         v.tlb.dropLinear(
-          (c, i) => c.vpid[i] === vpid && c.covers(i, laHi, laLo),
-          (c, i) => c.vpid[i] === vpid && c.covers(i, laHi, laLo),
+          (c, i) => c.vpidOf(i) === vpid && c.covers(i, laHi, laLo),
+          (c, i) => c.vpidOf(i) === vpid && c.covers(i, laHi, laLo),
         );
         break;
       case 1:
         this.dropTag(v, vpid, false);
         break;
       case 2:
-        v.tlb.dropLinear((c, i) => c.vpid[i] !== 0, (c, i) => c.vpid[i] !== 0);
+        v.tlb.dropLinear((c, i) => c.vpidOf(i) !== 0, (c, i) => c.vpidOf(i) !== 0);
         break;
       default:
         this.dropTag(v, vpid, true);
@@ -349,8 +349,8 @@ export class Machine {
     const e = eptp ?? v.regs.eptp;
     if (!eptpValid(e, this.cfg.maxPhysAddr)) return this.fail(r, Outcome.VmFail, VMERR_INVALID_OPERAND);
     const ep4ta = e - (e & 0xfff);
-    v.tlb.dropGuestPhysical((c, i) => c.ep4ta[i] === ep4ta);
-    v.tlb.dropLinear((c, i) => c.ep4ta[i] === ep4ta, (c, i) => c.ep4ta[i] === ep4ta);
+    v.tlb.dropGuestPhysical((c, i) => c.ep4taOf(i) === ep4ta);
+    v.tlb.dropLinear((c, i) => c.ep4taOf(i) === ep4ta, (c, i) => c.ep4taOf(i) === ep4ta);
     return r;
   }
 
@@ -383,7 +383,7 @@ export class Machine {
     if (tlbControl === 1) v.tlb.flushAll();
     else if (tlbControl === 3 || tlbControl === 7) {
       this.dropTag(v, asid, tlbControl === 7);
-      v.tlb.dropGuestPhysical((c, i) => c.vpid[i] === asid);
+      v.tlb.dropGuestPhysical((c, i) => c.vpidOf(i) === asid);
     }
     return r;
   }
@@ -395,8 +395,8 @@ export class Machine {
     if (this.cfg.mode !== Mode.Npt) return this.fail(r, Outcome.Ud);
     if (v.regs.cpl !== 0) return this.fail(r, Outcome.Gp);
     v.tlb.dropLinear(
-      (c, i) => c.vpid[i] === asid && c.covers(i, laHi, laLo),
-      (c, i) => c.vpid[i] === asid,
+      (c, i) => c.vpidOf(i) === asid && c.covers(i, laHi, laLo),
+      (c, i) => c.vpidOf(i) === asid,
     );
     return r;
   }

@@ -1,52 +1,54 @@
 /**
- * A set-associative cache of tagged translations, in typed arrays (SDM 4.10,
- * 28.3.1): used for the TLB, the guest-physical TLB and every
- * paging-structure cache. Replacement is round-robin per set, so runs are
- * deterministic. Keys are address prefixes as two 32-bit halves, already
- * masked to the cache's granule.
+ * A set-associative cache of tagged translations (SDM 4.10, 28.3.1): used for
+ * the TLB, the guest-physical TLB and every paging-structure cache.
+ * Replacement is round-robin per set, so runs are deterministic. Keys are
+ * address prefixes as two 32-bit halves, already masked to the cache's
+ * granule.
+ *
+ * Layout: entry i is the 16 int32 (64 bytes, a cache line) of `data` from
+ * i * STRIDE, fields at the F_* offsets below; 52-bit addresses and the
+ * EP4TA are kept as high and low halves. A fill or an invalidation touches
+ * one entry's line instead of one line per field. The per-way `tag` array
+ * stays separate so that a set's scan reads one short run of it.
  */
 export class TagCache {
   readonly sets: number;
   readonly ways: number;
+  /** Number of entries (sets * ways); indices run below it. */
+  readonly size: number;
   private readonly setMask: number;
-  readonly valid: Uint8Array;
   /**
    * keyLo | TAG_VALID for a valid entry (| TAG_CHAINED when it is in a
    * chain), 0 for a free one; keys are masked to a granule of at least 12
    * bits, so the low bits are free. One compare tests the low key and
    * validity, a free way is a zero, and the chain flag spares a look at
-   * bucketOf for the many entries that are not chained.
+   * the entry's bucket for the many entries that are not chained.
    */
   private readonly tag: Int32Array;
-  readonly keyHi: Int32Array;
-  readonly keyLo: Int32Array;
-  /** Tags: PCID, VPID (ASID under NPT), EP4TA (0 when not under EPT). */
-  readonly pcid: Int32Array;
-  readonly vpid: Int32Array;
-  readonly ep4ta: Float64Array;
-  readonly global: Uint8Array;
-  /** log2 of the size of the page (or region) the entry was made from. */
-  readonly shift: Uint8Array;
-  /** Host physical address the key maps to (frame or table). */
-  readonly hpa: Float64Array;
-  /** Guest-physical address the key maps to (frame or table), when two-dimensional. */
-  readonly gpa: Float64Array;
-  /** Packed rights, see rights.ts. */
-  readonly rights: Int32Array;
+  /** The entries, STRIDE int32 each (see the class doc). */
+  private readonly data: Int32Array;
   private readonly victim: Uint8Array;
+  /**
+   * Valid entries by the low bits of their key's hash (a superset of the set
+   * index): most lookups and invalidations on a fault path are for keys not
+   * cached, and a zero here answers them without scanning the set.
+   */
+  private readonly keyCount: Uint16Array;
+  private readonly keyMask: number;
+  /** Whether a keyCount slot depends on the high key (else the tag alone gives it, without a look at the entry). */
+  private readonly slotUsesHi: boolean;
+  /** Valid entries by set: a fill into a full set goes straight to the victim. */
+  private readonly setFill: Uint8Array;
   /**
    * Entries made from pages larger than the granule (4K fragments of 2M/1G
    * pages) live in the set of their own 4K key but cover addresses of other
    * sets. They are also chained in buckets by the page they came from, so
    * an invalidation for one address looks at one set plus the chains of the
    * pages that could cover it: a TLB full of fragments of other 1G pages
-   * costs it nothing. Chains are doubly linked through entry indices.
+   * costs it nothing. Chains are doubly linked through entry indices
+   * (F_NEXT, F_PREV; F_BUCKET is the entry's bucket while it is chained).
    */
   private readonly bucketHead = new Int32Array(LARGE_BUCKETS).fill(-1);
-  /** The bucket entry i is chained in, or -1 when it is not large. */
-  private readonly bucketOf: Int32Array;
-  private readonly chainNext: Int32Array;
-  private readonly chainPrev: Int32Array;
   /** Large entries by page shift (only 21 and 30 occur). */
   private readonly largeAt = new Int32Array(31);
   /** Large entries of any shift: most caches never have one. */
@@ -73,38 +75,91 @@ export class TagCache {
     if (ways < 1 || entries < ways || entries % ways !== 0) throw new Error(`assertion: cache of ${entries} entries cannot have ${ways} ways`);
     const sets = entries / ways;
     if ((sets & (sets - 1)) !== 0) throw new Error(`assertion: cache set count ${sets} is not a power of two`);
+    if (ways > 255 || entries > 0xffff) throw new Error(`assertion: cache of ${entries} entries in ${ways} ways is too large`);
     this.sets = sets;
     this.ways = ways;
+    this.size = entries;
     this.setMask = sets - 1;
-    this.valid = new Uint8Array(entries);
     this.tag = new Int32Array(entries);
-    this.keyHi = new Int32Array(entries);
-    this.keyLo = new Int32Array(entries);
-    this.pcid = new Int32Array(entries);
-    this.vpid = new Int32Array(entries);
-    this.ep4ta = new Float64Array(entries);
-    this.global = new Uint8Array(entries);
-    this.shift = new Uint8Array(entries);
-    this.hpa = new Float64Array(entries);
-    this.gpa = new Float64Array(entries);
-    this.rights = new Int32Array(entries);
+    this.data = new Int32Array(entries * STRIDE);
+    for (let i = 0; i < entries; i++) this.data[i * STRIDE + F_BUCKET] = -1;
     this.victim = new Uint8Array(sets);
-    this.bucketOf = new Int32Array(entries).fill(-1);
-    this.chainNext = new Int32Array(entries);
-    this.chainPrev = new Int32Array(entries);
+    let slots = sets;
+    while (slots < entries * 4) slots *= 2;
+    this.keyCount = new Uint16Array(slots);
+    this.keyMask = slots - 1;
+    this.slotUsesHi = granule + Math.log2(slots) > 32;
+    this.setFill = new Uint8Array(sets);
+  }
+
+  // Fields of entry i (meaningful while it is valid).
+  isValid(i: number): boolean {
+    return this.tag[i] !== 0;
+  }
+  keyHiOf(i: number): number {
+    return this.data[i * STRIDE + F_KEY_HI];
+  }
+  keyLoOf(i: number): number {
+    return this.data[i * STRIDE + F_KEY_LO];
+  }
+  /** Tags: VPID (ASID under NPT), PCID, EP4TA (0 when not under EPT). */
+  vpidOf(i: number): number {
+    return this.data[i * STRIDE + F_VPID];
+  }
+  pcidOf(i: number): number {
+    return this.data[i * STRIDE + F_PCID];
+  }
+  ep4taOf(i: number): number {
+    const b = i * STRIDE;
+    return this.data[b + F_EP4TA_HI] * TWO32 + (this.data[b + F_EP4TA_LO] >>> 0);
+  }
+  isGlobal(i: number): boolean {
+    return this.data[i * STRIDE + F_GLOBAL] !== 0;
+  }
+  /** log2 of the size of the page (or region) the entry was made from. */
+  shiftOf(i: number): number {
+    return this.data[i * STRIDE + F_SHIFT];
+  }
+  /** Host physical address the key maps to (frame or table), and its halves. */
+  hpaOf(i: number): number {
+    const b = i * STRIDE;
+    return this.data[b + F_HPA_HI] * TWO32 + (this.data[b + F_HPA_LO] >>> 0);
+  }
+  hpaHi(i: number): number {
+    return this.data[i * STRIDE + F_HPA_HI];
+  }
+  hpaLo(i: number): number {
+    return this.data[i * STRIDE + F_HPA_LO];
+  }
+  /** Guest-physical address the key maps to (frame or table) when two-dimensional, or -1; and its halves. */
+  gpaOf(i: number): number {
+    const b = i * STRIDE;
+    return this.data[b + F_GPA_HI] * TWO32 + (this.data[b + F_GPA_LO] >>> 0);
+  }
+  gpaHi(i: number): number {
+    return this.data[i * STRIDE + F_GPA_HI];
+  }
+  gpaLo(i: number): number {
+    return this.data[i * STRIDE + F_GPA_LO];
+  }
+  /** Packed rights, see rights.ts. */
+  rightsOf(i: number): number {
+    return this.data[i * STRIDE + F_RIGHTS];
   }
 
   /** Chains entry i (valid, larger than the granule) in the bucket of the page it came from. */
   private chain(i: number): void {
-    const shift = this.shift[i];
+    const d = this.data;
+    const e = i * STRIDE;
+    const shift = d[e + F_SHIFT];
     if (shift !== 21 && shift !== 30) throw new Error(`assertion: a cache entry larger than its granule made from a page of shift ${shift}`);
-    const b = largeBucket(this.keyHi[i], this.keyLo[i], shift);
+    const b = largeBucket(d[e + F_KEY_HI], d[e + F_KEY_LO], shift);
     const head = this.bucketHead[b];
-    this.chainNext[i] = head;
-    this.chainPrev[i] = -1;
-    if (head >= 0) this.chainPrev[head] = i;
+    d[e + F_NEXT] = head;
+    d[e + F_PREV] = -1;
+    if (head >= 0) d[head * STRIDE + F_PREV] = i;
     this.bucketHead[b] = i;
-    this.bucketOf[i] = b;
+    d[e + F_BUCKET] = b;
     this.largeAt[shift]++;
     this.nLarge++;
     this.tag[i] |= TAG_CHAINED;
@@ -112,27 +167,23 @@ export class TagCache {
 
   /** Takes entry i, which is chained, out of its chain (before its key or shift change, or it stops being valid). */
   private unchain(i: number): void {
-    const b = this.bucketOf[i];
-    const next = this.chainNext[i];
-    const prev = this.chainPrev[i];
-    if (prev >= 0) this.chainNext[prev] = next;
+    const d = this.data;
+    const e = i * STRIDE;
+    const b = d[e + F_BUCKET];
+    const next = d[e + F_NEXT];
+    const prev = d[e + F_PREV];
+    if (prev >= 0) d[prev * STRIDE + F_NEXT] = next;
     else this.bucketHead[b] = next;
-    if (next >= 0) this.chainPrev[next] = prev;
-    this.bucketOf[i] = -1;
-    this.largeAt[this.shift[i]]--;
+    if (next >= 0) d[next * STRIDE + F_PREV] = prev;
+    d[e + F_BUCKET] = -1;
+    this.largeAt[d[e + F_SHIFT]]--;
     this.nLarge--;
   }
 
-  /** Index of the set a key lives in. */
-  private setIndex(keyHi: number, keyLo: number): number {
+  /** Hash of a key: its low bits are the set index (and the keyCount slot). */
+  private hash(keyHi: number, keyLo: number): number {
     const g = this.granule;
-    const x = g < 32 ? (keyLo >>> g) ^ (keyHi << (32 - g)) : keyHi >>> (g - 32);
-    return x & this.setMask;
-  }
-
-  /** Index of the first entry of the key's set. */
-  private setOf(keyHi: number, keyLo: number): number {
-    return this.setIndex(keyHi, keyLo) * this.ways;
+    return g < 32 ? (keyLo >>> g) ^ (keyHi << (32 - g)) : keyHi >>> (g - 32);
   }
 
   /**
@@ -141,7 +192,9 @@ export class TagCache {
    */
   lookup(keyHi: number, keyLo: number, vpid: number, pcid: number, ep4ta: number): number {
     if (this.nValid === 0) return -1; // paging-structure caches are often empty
-    const base = this.setOf(keyHi, keyLo);
+    const x = this.hash(keyHi, keyLo);
+    if (this.keyCount[x & this.keyMask] === 0) return -1;
+    const base = (x & this.setMask) * this.ways;
     const end = base + this.ways;
     const tag = this.tag;
     const want = keyLo | TAG_VALID;
@@ -151,11 +204,13 @@ export class TagCache {
 
   /** Entry i, whose low key and validity are known to match, holds this high key and context. */
   private sameContext(i: number, keyHi: number, vpid: number, pcid: number, ep4ta: number): boolean {
+    const d = this.data;
+    const e = i * STRIDE;
     return (
-      this.keyHi[i] === keyHi &&
-      this.vpid[i] === vpid &&
-      this.ep4ta[i] === ep4ta &&
-      (this.pcid[i] === pcid || this.global[i] === 1)
+      d[e + F_KEY_HI] === keyHi &&
+      d[e + F_VPID] === vpid &&
+      d[e + F_EP4TA_HI] * TWO32 + (d[e + F_EP4TA_LO] >>> 0) === ep4ta &&
+      (d[e + F_PCID] === pcid || d[e + F_GLOBAL] !== 0)
     );
   }
 
@@ -165,21 +220,32 @@ export class TagCache {
     global: boolean, shift: number, hpa: number, gpa: number, rights: number,
   ): number {
     // One pass over the set: the matching entry, else the first free way.
-    const set = this.setIndex(keyHi, keyLo);
+    const x = this.hash(keyHi, keyLo);
+    const set = x & this.setMask;
     const base = set * this.ways;
     const end = base + this.ways;
     const tag = this.tag;
     const want = keyLo | TAG_VALID;
     let i = -1;
     let w = -1;
-    for (let j = base; j < end; j++) {
-      const t = tag[j];
-      if ((t & ~TAG_CHAINED) === want) {
-        if (this.sameContext(j, keyHi, vpid, pcid, ep4ta)) {
-          i = j;
+    if (this.keyCount[x & this.keyMask] !== 0) {
+      for (let j = base; j < end; j++) {
+        const t = tag[j];
+        if ((t & ~TAG_CHAINED) === want) {
+          if (this.sameContext(j, keyHi, vpid, pcid, ep4ta)) {
+            i = j;
+            break;
+          }
+        } else if (t === 0 && w < 0) w = j;
+      }
+    } else if (this.setFill[set] !== this.ways) {
+      // No entry with the key: only a free way is wanted.
+      for (let j = base; j < end; j++) {
+        if (tag[j] === 0) {
+          w = j;
           break;
         }
-      } else if (t === 0 && w < 0) w = j;
+      }
     }
     if (i < 0) {
       if (w < 0) {
@@ -191,20 +257,31 @@ export class TagCache {
       i = w;
     }
     const old = tag[i];
-    if (old === 0) this.nValid++;
-    else if ((old & TAG_CHAINED) !== 0) this.unchain(i);
+    const d = this.data;
+    const e = i * STRIDE;
+    if (old === 0) {
+      this.nValid++;
+      this.setFill[set]++;
+    } else {
+      if ((old & TAG_CHAINED) !== 0) this.unchain(i);
+      this.keyCount[this.slotOf(i)]--;
+    }
+    this.keyCount[x & this.keyMask]++;
     tag[i] = want;
-    this.valid[i] = 1;
-    this.keyHi[i] = keyHi;
-    this.keyLo[i] = keyLo;
-    this.vpid[i] = vpid;
-    this.pcid[i] = pcid;
-    this.ep4ta[i] = ep4ta;
-    this.global[i] = global ? 1 : 0;
-    this.shift[i] = shift;
-    this.hpa[i] = hpa;
-    this.gpa[i] = gpa;
-    this.rights[i] = rights;
+    d[e + F_KEY_HI] = keyHi;
+    d[e + F_KEY_LO] = keyLo;
+    d[e + F_VPID] = vpid;
+    d[e + F_PCID] = pcid;
+    // High halves by floor, so that a negative value (a gPA of -1) comes back.
+    d[e + F_EP4TA_HI] = Math.floor(ep4ta * INV_TWO32);
+    d[e + F_EP4TA_LO] = ep4ta | 0;
+    d[e + F_GLOBAL] = global ? 1 : 0;
+    d[e + F_SHIFT] = shift;
+    d[e + F_HPA_HI] = Math.floor(hpa * INV_TWO32);
+    d[e + F_HPA_LO] = hpa | 0;
+    d[e + F_GPA_HI] = Math.floor(gpa * INV_TWO32);
+    d[e + F_GPA_LO] = gpa | 0;
+    d[e + F_RIGHTS] = rights;
     if (shift > this.granule) this.chain(i);
     this.fills++;
     this.epoch[0]++;
@@ -218,11 +295,12 @@ export class TagCache {
 
   /** Drop every entry. */
   clear(): void {
-    this.valid.fill(0);
+    // F_BUCKET is left as it is: it is read only while an entry is chained.
     this.tag.fill(0);
+    this.keyCount.fill(0);
+    this.setFill.fill(0);
     this.nValid = 0;
     this.bucketHead.fill(-1);
-    this.bucketOf.fill(-1);
     this.largeAt.fill(0);
     this.nLarge = 0;
     this.epoch[0]++;
@@ -231,8 +309,9 @@ export class TagCache {
   /** Drop entries the predicate selects (invalidation is rare: a scan is fine). */
   drop(pred: (i: number) => boolean): number {
     let n = 0;
-    for (let i = 0; i < this.valid.length; i++) {
-      if (this.valid[i] === 1 && pred(i)) {
+    const tag = this.tag;
+    for (let i = 0; i < tag.length; i++) {
+      if (tag[i] !== 0 && pred(i)) {
         this.invalidate(i);
         n++;
       }
@@ -255,14 +334,16 @@ export class TagCache {
     const g = this.granule;
     const kHi = maskHi(hi, g);
     const kLo = maskLo(lo, g);
-    const base = this.setOf(kHi, kLo);
-    const end = base + this.ways;
+    const x = this.hash(kHi, kLo);
+    const base = (x & this.setMask) * this.ways;
+    const end = this.keyCount[x & this.keyMask] === 0 ? base : base + this.ways;
     const tag = this.tag;
     const want = kLo | TAG_VALID;
-    // The set holds the entries whose key is the address's; entries larger
-    // than the granule that cover it from other keys are all in the chains below.
+    // The set holds the entries whose key is the address's (none when its
+    // count is zero); entries larger than the granule that cover it from
+    // other keys are all in the chains below.
     for (let i = base; i < end; i++) {
-      if ((tag[i] & ~TAG_CHAINED) === want && this.keyHi[i] === kHi && this.tagged(i, vpid, pcid, ep4ta, globalAnyPcid)) {
+      if ((tag[i] & ~TAG_CHAINED) === want && this.data[i * STRIDE + F_KEY_HI] === kHi && this.tagged(i, vpid, pcid, ep4ta, globalAnyPcid)) {
         this.invalidate(i);
         n++;
       }
@@ -272,7 +353,7 @@ export class TagCache {
       const s = LARGE_SHIFTS[k];
       if (s <= g || this.largeAt[s] === 0) continue;
       for (let i = this.bucketHead[largeBucket(hi, lo, s)]; i >= 0; ) {
-        const next = this.chainNext[i];
+        const next = this.data[i * STRIDE + F_NEXT];
         if (this.tagged(i, vpid, pcid, ep4ta, globalAnyPcid) && this.covers(i, hi, lo)) {
           this.invalidate(i);
           n++;
@@ -285,31 +366,68 @@ export class TagCache {
     return n;
   }
 
+  /**
+   * The keyCount slot of valid entry i, from its tag when the high key does
+   * not matter: a fill over a victim then only writes the victim's line.
+   */
+  private slotOf(i: number): number {
+    const hi = this.slotUsesHi ? this.data[i * STRIDE + F_KEY_HI] : 0;
+    return this.hash(hi, this.tag[i]) & this.keyMask;
+  }
+
   /** Frees entry i (the caller counts it). */
   private invalidate(i: number): void {
     if ((this.tag[i] & TAG_CHAINED) !== 0) this.unchain(i);
-    this.valid[i] = 0;
+    this.keyCount[this.slotOf(i)]--;
     this.tag[i] = 0;
+    // i / ways is exact enough: the quotient is never within 2^-8 below an integer.
+    this.setFill[(i / this.ways) | 0]--;
   }
 
   private tagged(i: number, vpid: number, pcid: number, ep4ta: number, globalAnyPcid: boolean): boolean {
+    const d = this.data;
+    const e = i * STRIDE;
     return (
-      (vpid < 0 || this.vpid[i] === vpid) &&
-      this.ep4ta[i] === ep4ta &&
-      (pcid < 0 || this.pcid[i] === pcid || (globalAnyPcid && this.global[i] === 1))
+      (vpid < 0 || d[e + F_VPID] === vpid) &&
+      d[e + F_EP4TA_HI] * TWO32 + (d[e + F_EP4TA_LO] >>> 0) === ep4ta &&
+      (pcid < 0 || d[e + F_PCID] === pcid || (globalAnyPcid && d[e + F_GLOBAL] !== 0))
     );
   }
 
   /** Whether entry i covers the address (hi, lo) at the size it was made from. */
   covers(i: number, hi: number, lo: number): boolean {
-    const s = Math.max(this.shift[i], this.granule);
-    if (s >= 32) return this.keyHi[i] >>> (s - 32) === hi >>> (s - 32);
-    return this.keyHi[i] === hi && this.keyLo[i] >>> s === lo >>> s;
+    const d = this.data;
+    const e = i * STRIDE;
+    const s = Math.max(d[e + F_SHIFT], this.granule);
+    if (s >= 32) return d[e + F_KEY_HI] >>> (s - 32) === hi >>> (s - 32);
+    return d[e + F_KEY_HI] === hi && d[e + F_KEY_LO] >>> s === lo >>> s;
   }
 }
 
 const TAG_VALID = 1;
 const TAG_CHAINED = 2;
+
+/** Int32 per entry: 64 bytes, one cache line. */
+const STRIDE = 16;
+const F_KEY_HI = 0;
+const F_KEY_LO = 1;
+const F_VPID = 2;
+const F_PCID = 3;
+const F_EP4TA_HI = 4;
+const F_EP4TA_LO = 5;
+const F_GLOBAL = 6;
+const F_SHIFT = 7;
+const F_HPA_HI = 8;
+const F_HPA_LO = 9;
+const F_GPA_HI = 10;
+const F_GPA_LO = 11;
+const F_RIGHTS = 12;
+const F_BUCKET = 13;
+const F_NEXT = 14;
+const F_PREV = 15;
+
+const TWO32 = 4294967296;
+const INV_TWO32 = 1 / TWO32;
 
 /** Shifts of the pages whose 4K fragments can be large entries: 2M and 1G. */
 const LARGE_SHIFTS = [21, 30];

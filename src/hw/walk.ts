@@ -295,7 +295,7 @@ export class Mmu {
     if (useTlb) {
       const i = comb.lookup(laHi, keyLo, this.cVpid, this.cPcid, this.cEp4ta);
       if (i >= 0) {
-        const rt = comb.rights[i];
+        const rt = comb.rightsOf(i);
         // A write through an entry whose D is clear re-walks (SDM 4.8; trace-format.md rule 6).
         if (kind !== AccessKind.Write || (rt & RT_DIRTY) !== 0) {
           const err = this.permissionFault(rt & RT_RW, (rt & RT_US) >>> 1, (rt & RT_XD) >>> 2, (rt >>> RT_PKEY_SHIFT) & 15, kind, implicit);
@@ -309,8 +309,8 @@ export class Mmu {
           if (this.mode === Mode.Native || (rt & need) !== 0) {
             const off = laLo & 0xfff;
             r.outcome = Outcome.Ok;
-            r.hpa = comb.hpa[i] + off;
-            r.gpa = comb.gpa[i] + off;
+            r.hpa = comb.hpaOf(i) + off;
+            r.gpa = comb.gpaOf(i) + off;
             r.tlbHit = true;
             this.fillL1(j, keyLo, laHi, i, allowBit);
             return;
@@ -337,8 +337,8 @@ export class Mmu {
     l1[e] = keyLo | allowBit;
     l1[e + 1] = laHi;
     l1[e + 2] = stamp;
-    this.l1Addr[j * 2] = this.comb.hpa[i];
-    this.l1Addr[j * 2 + 1] = this.comb.gpa[i];
+    this.l1Addr[j * 2] = this.comb.hpaOf(i);
+    this.l1Addr[j * 2 + 1] = this.comb.gpaOf(i);
   }
 
   /** CR0.PG=0: the linear address is the (guest-)physical address. */
@@ -405,12 +405,12 @@ export class Mmu {
         if (i >= 0) {
           pscHit = true;
           level = k - 1;
-          tgHi = (c.gpa[i] * INV_TWO32) | 0;
-          tgLo = c.gpa[i] | 0;
+          tgHi = c.gpaHi(i);
+          tgLo = c.gpaLo(i);
           known = true;
-          thHi = (c.hpa[i] * INV_TWO32) | 0;
-          thLo = c.hpa[i] | 0;
-          const rt = c.rights[i];
+          thHi = c.hpaHi(i);
+          thLo = c.hpaLo(i);
+          const rt = c.rightsOf(i);
           rw = rt & RT_RW;
           us = (rt & RT_US) >>> 1;
           xd = (rt & RT_XD) >>> 2;
@@ -741,11 +741,10 @@ export class Mmu {
       const c = this.tlb.gpa;
       const i = c.lookup(gHi, gLo & ~0xfff, this.gVpid, 0, this.cEp4ta);
       if (i >= 0) {
-        const rt = c.rights[i];
+        const rt = c.rightsOf(i);
         if (((rt >>> RT_E_SHIFT) & type) === type && ((type & T_W) === 0 || (rt & RT_EDIRTY) !== 0)) {
-          const h = c.hpa[i];
-          this.xHi = (h * INV_TWO32) | 0;
-          this.xLo = (h | 0) | (gLo & 0xfff);
+          this.xHi = c.hpaHi(i);
+          this.xLo = c.hpaLo(i) | (gLo & 0xfff);
           this.xRights = rt;
           this.xCached = true;
           return S_OK;
@@ -793,9 +792,9 @@ export class Mmu {
         if (i >= 0) {
           this.xCached = true;
           level = k - 1;
-          tHi = (c.hpa[i] * INV_TWO32) | 0;
-          tLo = c.hpa[i] | 0;
-          rights = (c.rights[i] >>> RT_E_SHIFT) & 7;
+          tHi = c.hpaHi(i);
+          tLo = c.hpaLo(i);
+          rights = (c.rightsOf(i) >>> RT_E_SHIFT) & 7;
           break;
         }
       }
@@ -936,9 +935,9 @@ export class Mmu {
         if (i >= 0) {
           this.xCached = true;
           level = k - 1;
-          tHi = (c.hpa[i] * INV_TWO32) | 0;
-          tLo = c.hpa[i] | 0;
-          const rt = c.rights[i];
+          tHi = c.hpaHi(i);
+          tLo = c.hpaLo(i);
+          const rt = c.rightsOf(i);
           u = (rt & RT_ER) !== 0 ? 1 : 0;
           w = (rt & RT_EW) !== 0 ? 1 : 0;
           nx = (rt & RT_EX) !== 0 ? 0 : 1;

@@ -200,7 +200,7 @@ describe('mmulab dump: refusals and bad options exit 2', () => {
 describe('dump reads without side effects', () => {
   it('leaves every A bit and every cache as it was', () => {
     const m = new Runner(loadTrace(`${ROOT}${EPT}`), { quiet: true, out: () => {}, upToLine: 21 }).run().machine;
-    const state = () => JSON.stringify({ f: m.mem.frameCount, c: m.vcpu(0).tlb.all().map((c) => [Array.from(c.valid), c.fills]) });
+    const state = () => JSON.stringify({ f: m.mem.frameCount, c: m.vcpu(0).tlb.all().map((c) => [Array.from({ length: c.size }, (_, i) => c.isValid(i)), c.fills]) });
     const before = state();
     const d = dumpTables(m, 0, 'guest');
     expect(d.count).toBe(6);

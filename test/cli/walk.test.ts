@@ -353,10 +353,13 @@ function snapshot(m: Machine, frameNumbers: number[], refHpas: number[]): Snapsh
     frames,
     frameCount: m.mem.frameCount,
     entries: refHpas.map((a) => peek(m, a)),
-    caches: v.tlb.all().map((c) => ({
-      valid: Array.from(c.valid), rights: Array.from(c.rights), keyHi: Array.from(c.keyHi), keyLo: Array.from(c.keyLo),
-      hpa: Array.from(c.hpa), gpa: Array.from(c.gpa), fills: c.fills,
-    })),
+    caches: v.tlb.all().map((c) => {
+      const each = (f: (i: number) => number) => Array.from({ length: c.size }, (_, i) => f(i));
+      return {
+        valid: each((i) => (c.isValid(i) ? 1 : 0)), rights: each((i) => c.rightsOf(i)), keyHi: each((i) => c.keyHiOf(i)), keyLo: each((i) => c.keyLoOf(i)),
+        hpa: each((i) => c.hpaOf(i)), gpa: each((i) => c.gpaOf(i)), fills: c.fills,
+      };
+    }),
     regs: JSON.stringify({ ...v.regs }),
   };
 }

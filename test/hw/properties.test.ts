@@ -397,17 +397,26 @@ describe('(a) TLB on with proper invalidation = TLB off (hw.md §7.2, §7.3)', (
 
 // ------------------------------------------------------------------ (b)
 
-const CACHE_FIELDS = ['valid', 'rights', 'hpa', 'gpa', 'keyLo', 'keyHi', 'pcid', 'vpid', 'ep4ta', 'global', 'shift'] as const;
-type CacheSnap = { fills: number; arrays: Uint8Array[] };
+const CACHE_FIELDS: [string, (c: TagCache, i: number) => number][] = [
+  ['valid', (c, i) => (c.isValid(i) ? 1 : 0)],
+  ['rights', (c, i) => c.rightsOf(i)],
+  ['hpa', (c, i) => c.hpaOf(i)],
+  ['gpa', (c, i) => c.gpaOf(i)],
+  ['keyLo', (c, i) => c.keyLoOf(i)],
+  ['keyHi', (c, i) => c.keyHiOf(i)],
+  ['pcid', (c, i) => c.pcidOf(i)],
+  ['vpid', (c, i) => c.vpidOf(i)],
+  ['ep4ta', (c, i) => c.ep4taOf(i)],
+  ['global', (c, i) => (c.isGlobal(i) ? 1 : 0)],
+  ['shift', (c, i) => c.shiftOf(i)],
+];
+type CacheSnap = { fills: number; arrays: Float64Array[] };
 
-/** A byte copy of every array of every cache of vCPU 0, and the fill counters. */
+/** A copy of every field of every entry (valid or not) of every cache of vCPU 0, and the fill counters. */
 function snapCaches(s: Setup): CacheSnap[] {
   return s.m.vcpu(0).tlb.all().map((c: TagCache) => ({
     fills: c.fills,
-    arrays: CACHE_FIELDS.map((f) => {
-      const a = c[f];
-      return new Uint8Array(a.buffer.slice(a.byteOffset, a.byteOffset + a.byteLength));
-    }),
+    arrays: CACHE_FIELDS.map(([, get]) => Float64Array.from({ length: c.size }, (_, i) => get(c, i))),
   }));
 }
 
@@ -416,8 +425,8 @@ function cacheDiff(x: CacheSnap[], y: CacheSnap[]): string[] {
   const out: string[] = [];
   for (let i = 0; i < x.length; i++) {
     if (x[i].fills !== y[i].fills) out.push(`cache ${i}: fills ${x[i].fills} vs ${y[i].fills}`);
-    CACHE_FIELDS.forEach((f, k) => {
-      if (!Buffer.from(x[i].arrays[k]).equals(Buffer.from(y[i].arrays[k]))) out.push(`cache ${i}: ${f} differs`);
+    CACHE_FIELDS.forEach(([f], k) => {
+      if (!Buffer.from(x[i].arrays[k].buffer).equals(Buffer.from(y[i].arrays[k].buffer))) out.push(`cache ${i}: ${f} differs`);
     });
   }
   return out;

@@ -7,7 +7,8 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { TagCache } from '../../src/hw/tag_cache.js';
 
-const popcount = (c: TagCache) => c.valid.reduce((n, v) => n + v, 0);
+const validBits = (c: TagCache) => Uint8Array.from({ length: c.size }, (_, i) => (c.isValid(i) ? 1 : 0));
+const popcount = (c: TagCache) => validBits(c).reduce((n, v) => n + v, 0);
 
 type Op =
   | { op: 'insert'; page: number; vpid: number; shift: number }
@@ -30,7 +31,7 @@ describe('TagCache', () => {
         for (const o of ops) {
           if (o.op === 'insert') c.insert(0, o.page << 12, o.vpid, 0, 0, false, o.shift, o.page * 4096, o.page * 4096, 7);
           else if (o.op === 'dropCovering') c.dropCovering(0, o.page << 12, o.vpid, -1, 0, false);
-          else if (o.op === 'drop') c.drop((i) => c.vpid[i] === o.vpid);
+          else if (o.op === 'drop') c.drop((i) => c.vpidOf(i) === o.vpid);
           else c.clear();
           expect(c.count()).toBe(popcount(c));
         }
@@ -58,11 +59,11 @@ describe('TagCache', () => {
           const hi = st.drop.hi;
           const l = lo(st.drop);
           const expected: number[] = [];
-          for (let i = 0; i < c.valid.length; i++) if (c.valid[i] === 1 && (st.vpid < 0 || c.vpid[i] === st.vpid) && c.covers(i, hi, l)) expected.push(i);
-          const before = Uint8Array.from(c.valid);
+          for (let i = 0; i < c.size; i++) if (c.isValid(i) && (st.vpid < 0 || c.vpidOf(i) === st.vpid) && c.covers(i, hi, l)) expected.push(i);
+          const before = validBits(c);
           expect(c.dropCovering(hi, l, st.vpid, -1, 0, false)).toBe(expected.length);
           const dropped: number[] = [];
-          for (let i = 0; i < c.valid.length; i++) if (before[i] === 1 && c.valid[i] === 0) dropped.push(i);
+          for (let i = 0; i < c.size; i++) if (before[i] === 1 && !c.isValid(i)) dropped.push(i);
           expect(dropped).toEqual(expected);
         }
       }),
@@ -70,7 +71,7 @@ describe('TagCache', () => {
     );
   });
 
-  it('lookup finds the first valid entry with the key and tags, as a scan of the public arrays would, after any fills, replacements and drops', () => {
+  it('lookup finds the first valid entry with the key and tags, as a scan of the fields of every entry would, after any fills, replacements and drops', () => {
     // Keys in two 1G pages, a few 4K pages each (some in the same set), two VPIDs and PCIDs, global or not, small and large entries.
     const key = fc.record({ hi: fc.integer({ min: 0, max: 1 }), page: fc.constantFrom(0, 1, 8, 9, 0x40000, 0x40008) });
     const tags = { vpid: fc.integer({ min: 0, max: 1 }), pcid: fc.integer({ min: 0, max: 1 }), ep4ta: fc.constantFrom(0, 0x1_2345_6000) };
@@ -86,12 +87,12 @@ describe('TagCache', () => {
         for (const st of steps) {
           if ('insert' in st) c.insert(st.insert.hi, st.insert.page << 12, st.vpid, st.pcid, st.ep4ta, st.global, st.shift, 0x1000, 0x1000, 7);
           else if ('dropCovering' in st) c.dropCovering(st.dropCovering.hi, st.dropCovering.page << 12, st.vpid, st.pcid, st.ep4ta, true);
-          else if ('dropVpid' in st) c.drop((i) => c.vpid[i] === st.dropVpid);
+          else if ('dropVpid' in st) c.drop((i) => c.vpidOf(i) === st.dropVpid);
           else {
             const lo = st.probe.page << 12;
             let expected = -1;
-            for (let i = 0; i < c.valid.length && expected < 0; i++) {
-              if (c.valid[i] === 1 && c.keyLo[i] === lo && c.keyHi[i] === st.probe.hi && c.vpid[i] === st.vpid && c.ep4ta[i] === st.ep4ta && (c.pcid[i] === st.pcid || c.global[i] === 1)) expected = i;
+            for (let i = 0; i < c.size && expected < 0; i++) {
+              if (c.isValid(i) && c.keyLoOf(i) === lo && c.keyHiOf(i) === st.probe.hi && c.vpidOf(i) === st.vpid && c.ep4taOf(i) === st.ep4ta && (c.pcidOf(i) === st.pcid || c.isGlobal(i))) expected = i;
             }
             expect(c.lookup(st.probe.hi, lo, st.vpid, st.pcid, st.ep4ta)).toBe(expected);
           }
