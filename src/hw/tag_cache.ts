@@ -110,8 +110,7 @@ export class TagCache {
     return this.data[i * STRIDE + F_PCID];
   }
   ep4taOf(i: number): number {
-    const b = i * STRIDE;
-    return this.data[b + F_EP4TA_HI] * TWO32 + (this.data[b + F_EP4TA_LO] >>> 0);
+    return this.wide(i, F_EP4TA_HI);
   }
   isGlobal(i: number): boolean {
     return this.data[i * STRIDE + F_GLOBAL] !== 0;
@@ -122,8 +121,7 @@ export class TagCache {
   }
   /** Host physical address the key maps to (frame or table), and its halves. */
   hpaOf(i: number): number {
-    const b = i * STRIDE;
-    return this.data[b + F_HPA_HI] * TWO32 + (this.data[b + F_HPA_LO] >>> 0);
+    return this.wide(i, F_HPA_HI);
   }
   hpaHi(i: number): number {
     return this.data[i * STRIDE + F_HPA_HI];
@@ -133,8 +131,7 @@ export class TagCache {
   }
   /** Guest-physical address the key maps to (frame or table) when two-dimensional, or -1; and its halves. */
   gpaOf(i: number): number {
-    const b = i * STRIDE;
-    return this.data[b + F_GPA_HI] * TWO32 + (this.data[b + F_GPA_LO] >>> 0);
+    return this.wide(i, F_GPA_HI);
   }
   gpaHi(i: number): number {
     return this.data[i * STRIDE + F_GPA_HI];
@@ -145,6 +142,11 @@ export class TagCache {
   /** Packed rights, see rights.ts. */
   rightsOf(i: number): number {
     return this.data[i * STRIDE + F_RIGHTS];
+  }
+  /** The value kept as halves at field f (high, signed) and f + 1 (low) of entry i. */
+  private wide(i: number, f: number): number {
+    const b = i * STRIDE + f;
+    return this.data[b] * TWO32 + (this.data[b + 1] >>> 0);
   }
 
   /** Chains entry i (valid, larger than the granule) in the bucket of the page it came from. */
