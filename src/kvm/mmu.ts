@@ -56,15 +56,8 @@ export function eptViolationErrorCode(qual: number): number {
  * tens of nanoseconds. Returns the RET_PF_* result, or EFAULT.
  */
 export function* kvmMmuPageFault(kvm: Kvm, vcpu: KvmVcpu, exit: AccessResult): Program<RetPf | typeof EFAULT> {
-  let errorCode: number;
-  if (exit.outcome === Outcome.EptViolation) errorCode = eptViolationErrorCode(exit.qualification);
-  else if (exit.outcome === Outcome.EptMisconfig) errorCode = PFERR_RSVD_MASK;
-  else if (exit.outcome === Outcome.Npf) errorCode = exit.exitinfo1;
-  else throw new Error(`assertion: exit ${exit.outcome} is not a TDP fault`);
-  const gpa = exit.gpa;
-  kvm.stats.pageFaults++;
-  if (kvm.events.kvm_page_fault) kvm.events.emit('kvm_page_fault', { vcpu_id: vcpu.id, fault_address: gpa, error_code: errorCode });
-  const fault = initFault(vcpu.fault, kvm, gpa, errorCode);
+  // Straight-line work is in plain functions: every value the program keeps costs each fault.
+  const fault = beginPageFault(kvm, vcpu, exit);
   let r: RetPf | typeof EFAULT = RetPf.Invalid;
   if (fault.rsvd) r = yield* handleMmioPageFault(kvm, vcpu, fault);
   // kvm_tdp_mmu_page_fault, when the MMIO path did not settle the fault.
@@ -84,17 +77,38 @@ export function* kvmMmuPageFault(kvm: Kvm, vcpu: KvmVcpu, exit: AccessResult): P
     // read_lock(&kvm->mmu_lock), uncontended without a program of its own when nothing interleaves.
     if (kvm.mem.yields || !kvm.mmuLock.readTrylock('fault')) yield* kvm.mmuLock.readLock('fault');
     try {
-      if (!isPageFaultStale(kvm, fault)) {
-        // kvm_tdp_mmu_map begins with kvm_mmu_hugepage_adjust, under the lock.
-        hugepageAdjust(kvm, fault);
-        r = yield* kvm.tdpMmu.map(fault, vcpu.iter);
-      }
+      // kvm_tdp_mmu_map begins with kvm_mmu_hugepage_adjust, under the lock.
+      if (mapPrepare(kvm, fault)) r = yield* kvm.tdpMmu.map(fault, vcpu.iter, 0);
     } finally {
       kvm.mmuLock.readUnlock('fault');
     }
   }
   countResult(kvm, r);
   return r;
+}
+
+/**
+ * The exit handler and kvm_mmu_page_fault up to the first program step: the
+ * error code, the count, the kvm_page_fault event, and the vCPU's fault
+ * initialised (kvm_mmu_do_page_fault).
+ */
+function beginPageFault(kvm: Kvm, vcpu: KvmVcpu, exit: AccessResult): KvmPageFault {
+  let errorCode: number;
+  if (exit.outcome === Outcome.EptViolation) errorCode = eptViolationErrorCode(exit.qualification);
+  else if (exit.outcome === Outcome.EptMisconfig) errorCode = PFERR_RSVD_MASK;
+  else if (exit.outcome === Outcome.Npf) errorCode = exit.exitinfo1;
+  else throw new Error(`assertion: exit ${exit.outcome} is not a TDP fault`);
+  const gpa = exit.gpa;
+  kvm.stats.pageFaults++;
+  if (kvm.events.kvm_page_fault) kvm.events.emit('kvm_page_fault', { vcpu_id: vcpu.id, fault_address: gpa, error_code: errorCode });
+  return initFault(vcpu.fault, kvm, gpa, errorCode);
+}
+
+/** kvm_tdp_mmu_page_fault under mmu_lock before kvm_tdp_mmu_map: false when the fault is stale; else the huge-page adjustment. */
+function mapPrepare(kvm: Kvm, fault: KvmPageFault): boolean {
+  if (isPageFaultStale(kvm, fault)) return false;
+  hugepageAdjust(kvm, fault);
+  return true;
 }
 
 function countResult(kvm: Kvm, r: RetPf | typeof EFAULT): void {

@@ -154,9 +154,18 @@ export function tdpIterRestart(it: TdpIter): void {
  * warns).
  */
 export function tdpIterStart(it: TdpIter, root: TdpRoot | null, minLevel: number, startGfn: number, gfnBits = 0): void {
+  if (tdpIterSetRoot(it, root, minLevel, startGfn, gfnBits)) tdpIterRestart(it);
+}
+
+/**
+ * tdp_iter_start up to its tdp_iter_restart: the iterator's own fields only,
+ * no SPTE read, so a program may do it before the step that reads the root
+ * entry. False (the iterator invalid) when tdp_iter_start would refuse.
+ */
+export function tdpIterSetRoot(it: TdpIter, root: TdpRoot | null, minLevel: number, startGfn: number, gfnBits = 0): boolean {
   if (root === null || root.level < 1 || root.level > PT64_ROOT_MAX_LEVEL || (gfnBits !== 0 && startGfn >= gfnBits)) {
     it.valid = false;
-    return;
+    return false;
   }
   it.nextLastLevelGfn = startGfn;
   it.gfnBits = gfnBits;
@@ -164,7 +173,7 @@ export function tdpIterStart(it: TdpIter, root: TdpRoot | null, minLevel: number
   it.minLevel = minLevel;
   it.ptPath[root.level - 1] = root.hpa;
   it.asId = root.asId ?? 0;
-  tdpIterRestart(it);
+  return true;
 }
 
 /**

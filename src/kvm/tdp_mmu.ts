@@ -24,7 +24,8 @@ import {
   spteToPfn, type SpteFlavour,
 } from './spte.js';
 import {
-  TdpIter, gfnRoundForLevel, iterAtPresentLeaf, kvmTdpMmuWriteSpte, sideStepsLeft, tdpMmuClearSpteBits, pagesPerHpage, tdpIterNext, tdpIterSideSteps, tdpIterStart,
+  TdpIter, gfnRoundForLevel, iterAtPresentLeaf, kvmTdpMmuWriteSpte, sideStepsLeft, tdpMmuClearSpteBits, pagesPerHpage, tdpIterNext, tdpIterRestart,
+  tdpIterSetRoot, tdpIterSideSteps, tdpIterStart,
 } from './tdp_iter.js';
 
 /** Page-fault handler results (enum ret_pf, mmu_internal.h). */
@@ -395,11 +396,53 @@ export class TdpMmu {
   /**
    * kvm_tdp_mmu_map: walk towards the gfn, linking (or splitting into) child
    * tables with cmpxchg, and install the leaf at the goal level. mmu_lock is
-   * held for read; any lost race ends in RET_PF_RETRY.
+   * held for read; any lost race ends in RET_PF_RETRY. (No default for
+   * asId: a default makes V8 copy every parameter of a generator into its
+   * registers.)
    */
-  *map(fault: KvmPageFault, it: TdpIter, asId = 0): Program<RetPf> {
+  *map(fault: KvmPageFault, it: TdpIter, asId: number): Program<RetPf> {
+    // Plain code does all it can: the generator keeps few values (each costs every fault).
+    const token = this.mapStart(fault, it, asId);
+    try {
+      if (this.vm.mem.yields) yield;
+      for (tdpIterRestart(it); it.valid && it.gfn < fault.gfn + 1; ) {
+        if (it.oldLo === FROZEN_LO && it.oldHi === FROZEN_HI) return RetPf.Retry;
+        if (it.level === fault.goalLevel) {
+          // tdp_mmu_map_handle_target_level: the SPTE, the cmpxchg (the one program step), then what follows it.
+          const made = this.targetLevelSpte(fault, it);
+          if (made !== RetPf.Continue) return made;
+          const newLo = this.madeLo;
+          const newHi = this.madeHi;
+          const wrprot = this.madeWrprot;
+          if (this.vm.mem.yields) yield;
+          if (this.setSpteAtomic(it, newLo, newHi) !== 0) return RetPf.Retry;
+          if (this.removedPt !== null) yield* this.handleRemovedPt(this.removedPt, true);
+          return this.targetLevelSet(fault, it, newLo, newHi, wrprot);
+        }
+        if ((it.oldLo & 0x800) === 0 || (it.oldLo & 0x80) !== 0) {
+          // Non-present, or a huge page in the way: a child table replaces it.
+          const sp = this.allocChildSp(fault, it, asId);
+          if (((it.oldLo & 0x800) !== 0 ? yield* this.splitHugePage(it, sp) : yield* this.linkSp(it, sp)) !== 0) {
+            this.freeSpNow(sp);
+            return RetPf.Retry;
+          }
+        }
+        if (this.vm.mem.yields) yield;
+        tdpIterNext(it);
+      }
+      return RetPf.Retry; // the walk ended above the goal level
+    } finally {
+      this.vm.rcu.readUnlock(token);
+    }
+  }
+
+  /**
+   * kvm_tdp_mmu_map up to its walk: the lock check, the root, the
+   * kvm_mmu_spte_requested event, rcu_read_lock, and the iterator set at the
+   * root (whose read is the walk's first program step). Returns the RCU token.
+   */
+  private mapStart(fault: KvmPageFault, it: TdpIter, asId: number): number {
     const vm = this.vm;
-    const mem = vm.mem;
     vm.mmuLock.assertHeld('read');
     const root = this.allocRoot(asId);
     if (vm.events.kvm_mmu_spte_requested) {
@@ -407,42 +450,15 @@ export class TdpMmu {
       vm.events.emit('kvm_mmu_spte_requested', { gfn: fault.gfn, pfn: fault.pfn + low, level: fault.goalLevel });
     }
     const token = vm.rcu.readLock();
-    try {
-      if (mem.yields) yield;
-      for (tdpIterStart(it, root, PG_LEVEL_4K, fault.gfn); it.valid && it.gfn < fault.gfn + 1; ) {
-        if (it.oldLo === FROZEN_LO && it.oldHi === FROZEN_HI) return RetPf.Retry;
-        if (it.level === fault.goalLevel) {
-          // tdp_mmu_map_handle_target_level: the SPTE, the cmpxchg (the one program step), then what follows it.
-          const oldLo = it.oldLo;
-          const oldHi = it.oldHi;
-          const made = this.targetLevelSpte(fault, it);
-          if (made !== RetPf.Continue) return made;
-          const newLo = this.madeLo;
-          const newHi = this.madeHi;
-          const wrprot = this.madeWrprot;
-          if (mem.yields) yield;
-          if (this.setSpteAtomic(it, newLo, newHi) !== 0) return RetPf.Retry;
-          if (this.removedPt !== null) yield* this.handleRemovedPt(this.removedPt, true);
-          return this.targetLevelSet(fault, it, oldLo, oldHi, newLo, newHi, wrprot);
-        }
-        const present = (it.oldLo & 0x800) !== 0;
-        if (!present || (it.oldLo & 0x80) !== 0) {
-          // Non-present, or a huge page in the way: a child table replaces it.
-          const sp = this.allocSp(it.level - 1, it.gfn, it.sptep, asId);
-          sp.nxHugePageDisallowed = fault.hugePageDisallowed;
-          const r = present ? yield* this.splitHugePage(it, sp) : yield* this.linkSp(it, sp);
-          if (r !== 0) {
-            this.freeSpNow(sp);
-            return RetPf.Retry;
-          }
-        }
-        if (mem.yields) yield;
-        tdpIterNext(it);
-      }
-      return RetPf.Retry; // the walk ended above the goal level
-    } finally {
-      vm.rcu.readUnlock(token);
-    }
+    if (!tdpIterSetRoot(it, root, PG_LEVEL_4K, fault.gfn)) throw new Error(`assertion: TDP root of level ${root.level}`);
+    return token;
+  }
+
+  /** The child table the fault links (or splits into) at the iterator's entry (tdp_mmu_alloc_sp, tdp_mmu_init_child_sp). */
+  private allocChildSp(fault: KvmPageFault, it: TdpIter, asId: number): KvmMmuPage {
+    const sp = this.allocSp(it.level - 1, it.gfn, it.sptep, asId);
+    sp.nxHugePageDisallowed = fault.hugePageDisallowed;
+    return sp;
   }
 
   /** tdp_mmu_link_sp (shared): a non-leaf SPTE to the new table, by cmpxchg. */
@@ -558,9 +574,12 @@ export class TdpMmu {
    * replaced table or a lost MMU-writable bit needs, the trace events, and
    * the result.
    */
-  private targetLevelSet(fault: KvmPageFault, it: TdpIter, oldLo: number, oldHi: number, newLo: number, newHi: number, wrprot: boolean): RetPf {
+  private targetLevelSet(fault: KvmPageFault, it: TdpIter, newLo: number, newHi: number, wrprot: boolean): RetPf {
     const vm = this.vm;
     const f = vm.flavour;
+    // A successful cmpxchg leaves the iterator's snapshot as it was: the SPTE replaced.
+    const oldLo = it.oldLo;
+    const oldHi = it.oldHi;
     const wasPresent = (oldLo & 0x800) !== 0;
     if (wasPresent) {
       // A huge page replacing a table needs the old translations gone; a leaf change only if MMU-writable was lost.
@@ -590,7 +609,7 @@ export class TdpMmu {
    * kvm_tdp_mmu_fast_pf_get_last_sptep: the deepest SPTE on the way to gfn,
    * read locklessly under RCU (the caller holds the read section).
    */
-  *fastPfGetLastSptep(gfn: number, it: TdpIter, asId = 0): Program<number> {
+  *fastPfGetLastSptep(gfn: number, it: TdpIter, asId?: number): Program<number> {
     const root = this.allocRoot(asId);
     let sptep = -1;
     let lo = 0;

@@ -314,33 +314,50 @@ export class Kvm implements TdpMmuVm {
   /**
    * Handles the exit enter() left in out.result, and re-enters until the
    * access is done; with `enterFirst`, makes that first entry itself.
+   * (Optional without a default: a default makes V8 copy every parameter of
+   * a generator into its registers.)
    */
   *handleExits(
-    vcpuId: number, laHi: number, laLo: number, kind: AccessKind, size: number, out: GuestAccess, enterFirst = false,
+    vcpuId: number, laHi: number, laLo: number, kind: AccessKind, size: number, out: GuestAccess, enterFirst?: boolean,
   ): Generator<unknown, void, undefined> {
     if (enterFirst && this.enter(vcpuId, laHi, laLo, kind, size, out)) return;
     const v = this.vcpu(vcpuId);
-    for (let tries = 1; ; tries++) {
-      if (tries > 1000) throw new Error(`assertion: access at 0x${laLo.toString(16)} still exits after ${tries} entries (livelock)`);
-      out.exits++;
-      this.stats.exits++;
+    // The bookkeeping is in plain methods, so this program keeps few values of its own.
+    for (;;) {
+      this.exitBegin(laLo, out);
       const ret = yield* kvmMmuPageFault(this, v, out.result);
-      if (ret === RetPf.Emulate) {
-        this.stats.mmioExits++;
-        out.userExit = 'mmio';
-        return;
-      }
-      if (ret === RetPf.WriteProtected) {
-        out.userExit = 'emulate';
-        return;
-      }
-      if (ret === EFAULT) {
-        out.userExit = 'efault';
-        return;
-      }
+      if (this.exitDone(ret, out)) return;
       if (this.mem.yields) yield; // re-entering the guest is a point where others may run
       if (this.run(v, laHi, laLo, kind, size, out)) return;
     }
+  }
+
+  /**
+   * One more exit for the access (out.exits counts them from enter()),
+   * failing an access that never completes.
+   */
+  private exitBegin(laLo: number, out: GuestAccess): void {
+    if (out.exits >= 1000) throw new Error(`assertion: access at 0x${laLo.toString(16)} still exits after ${out.exits + 1} entries (livelock)`);
+    out.exits++;
+    this.stats.exits++;
+  }
+
+  /** True when the fault's result ends the access in userspace (out.userExit says how); false to re-enter. */
+  private exitDone(ret: RetPf | typeof EFAULT, out: GuestAccess): boolean {
+    if (ret === RetPf.Emulate) {
+      this.stats.mmioExits++;
+      out.userExit = 'mmio';
+      return true;
+    }
+    if (ret === RetPf.WriteProtected) {
+      out.userExit = 'emulate';
+      return true;
+    }
+    if (ret === EFAULT) {
+      out.userExit = 'efault';
+      return true;
+    }
+    return false;
   }
 
   /** VM entry until the access ends or exits: true unless it exited to KVM. */
