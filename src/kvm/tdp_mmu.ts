@@ -438,8 +438,9 @@ export class TdpMmu {
 
   /**
    * kvm_tdp_mmu_map up to its walk: the lock check, the root, the
-   * kvm_mmu_spte_requested event, rcu_read_lock, and the iterator set at the
-   * root (whose read is the walk's first program step). Returns the RCU token.
+   * kvm_mmu_spte_requested event, the iterator set at the root (whose read
+   * is the walk's first program step), and rcu_read_lock, whose token it
+   * returns.
    */
   private mapStart(fault: KvmPageFault, it: TdpIter, asId: number): number {
     const vm = this.vm;
@@ -449,9 +450,8 @@ export class TdpMmu {
       const low = fault.gfn % pagesPerHpage(fault.goalLevel);
       vm.events.emit('kvm_mmu_spte_requested', { gfn: fault.gfn, pfn: fault.pfn + low, level: fault.goalLevel });
     }
-    const token = vm.rcu.readLock();
     if (!tdpIterSetRoot(it, root, PG_LEVEL_4K, fault.gfn)) throw new Error(`assertion: TDP root of level ${root.level}`);
-    return token;
+    return vm.rcu.readLock();
   }
 
   /** The child table the fault links (or splits into) at the iterator's entry (tdp_mmu_alloc_sp, tdp_mmu_init_child_sp). */
