@@ -52,17 +52,17 @@ export function faultIn4k(): number {
   const fresh = () => {
     kvm = new Kvm({ tdp: 'ept', memory: GIB, tlb: true });
     identityMap1G(kvm, GIB);
-    runProgram(kvm.access(0, 0, 0x1000, AccessKind.Read, 1, out)); // the guest tables' pages
+    kvm.accessNow(0, 0, 0x1000, AccessKind.Read, 1, out); // the guest tables' pages
     next = 0x200000;
   };
   fresh();
   // Correctness guard: a first touch exits once and then succeeds.
-  runProgram(kvm.access(0, 0, next, AccessKind.Read, 1, out));
+  kvm.accessNow(0, 0, next, AccessKind.Read, 1, out);
   if (out.result.outcome !== Outcome.Ok || out.exits !== 1) throw new Error(`fault_in set-up is wrong: outcome ${out.result.outcome}, exits ${out.exits}`);
   const batch = () => {
     if (next + BATCH * 4096 > GIB) fresh();
     for (let i = 0; i < BATCH; i++) {
-      runProgram(kvm.access(0, 0, next, AccessKind.Read, 1, out));
+      kvm.accessNow(0, 0, next, AccessKind.Read, 1, out);
       next += 4096;
     }
   };
@@ -86,7 +86,7 @@ export function age1mSpte(): number {
   const kvm = new Kvm({ tdp: 'ept', memory: PAGES * 4096, tlb: false });
   identityMap1G(kvm, PAGES * 4096);
   const out = newGuestAccess();
-  for (let p = 0; p < PAGES; p++) runProgram(kvm.access(0, 0, p * 4096, AccessKind.Read, 1, out));
+  for (let p = 0; p < PAGES; p++) kvm.accessNow(0, 0, p * 4096, AccessKind.Read, 1, out);
   if (kvm.tdpMmu.stats.pages[1] !== PAGES) throw new Error(`age set-up is wrong: ${kvm.tdpMmu.stats.pages[1]} 4K SPTEs`);
   // The SPTE of every even page, for re-arming.
   const evenSpteps = new Float64Array(PAGES / 2);

@@ -6,6 +6,7 @@
  * kvm_tdp_mmu_map under mmu_lock held for read.
  */
 import { AccessResult, Outcome } from '../hw/result.js';
+import { runProgram } from '../hw/sched.js';
 import type { Program } from '../mm/mmu_notifier.js';
 import { KVM_MEM_READONLY, markPageDirtyInSlot, slotDirtyLogging, type KvmMemorySlot } from './memslots.js';
 import {
@@ -79,6 +80,39 @@ export function* kvmMmuPageFault(kvm: Kvm, vcpu: KvmVcpu, exit: AccessResult): P
     try {
       // kvm_tdp_mmu_map begins with kvm_mmu_hugepage_adjust, under the lock.
       if (mapPrepare(kvm, fault)) r = yield* kvm.tdpMmu.map(fault, vcpu.iter, 0);
+    } finally {
+      kvm.mmuLock.readUnlock('fault');
+    }
+  }
+  countResult(kvm, r);
+  return r;
+}
+
+/**
+ * kvmMmuPageFault as plain code, for a caller that nothing can interleave
+ * (!mem.yields): the same steps without the program's yields, so a fault
+ * runs no generator at all (each one costs a fault-in over 100 ns). The
+ * rare paths (MMIO, fast page fault, a contended lock) still run as
+ * programs, to their ends. test/kvm/plain_twins.test.ts checks that the two
+ * texts say the same apart from the program steps.
+ */
+export function kvmMmuPageFaultNow(kvm: Kvm, vcpu: KvmVcpu, exit: AccessResult): RetPf | typeof EFAULT {
+  const fault = beginPageFault(kvm, vcpu, exit);
+  let r: RetPf | typeof EFAULT = RetPf.Invalid;
+  if (fault.rsvd) r = runProgram(handleMmioPageFault(kvm, vcpu, fault));
+  if (r === RetPf.Invalid && pageFaultCanBeFast(kvm, fault)) r = runProgram(fastPageFault(kvm, vcpu, fault));
+  if (r === RetPf.Invalid) {
+    fault.mmuSeq = kvm.invalidate.seq;
+    r = kvmMmuFaultinPfn(kvm, fault);
+    if (r === RetPf.Continue && fault.slot !== null) {
+      if (retryGfnUnsafe(kvm, fault)) r = RetPf.Retry;
+    }
+  }
+  if (r === RetPf.Continue) {
+    r = RetPf.Retry;
+    if (!kvm.mmuLock.readTrylock('fault')) runProgram(kvm.mmuLock.readLock('fault'));
+    try {
+      if (mapPrepare(kvm, fault)) r = kvm.tdpMmu.mapNow(fault, vcpu.iter, 0);
     } finally {
       kvm.mmuLock.readUnlock('fault');
     }

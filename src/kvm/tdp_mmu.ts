@@ -12,6 +12,7 @@
  */
 import type { PhysMem } from '../hw/phys_mem.js';
 import { hi32, join64, lo32 } from '../hw/halves.js';
+import { runProgram } from '../hw/sched.js';
 import type { PageAllocator } from '../mm/page_alloc.js';
 import type { KvmEvents } from './events.js';
 import type { MmuLock, Rcu } from './locks.js';
@@ -431,6 +432,43 @@ export class TdpMmu {
         tdpIterNext(it);
       }
       return RetPf.Retry; // the walk ended above the goal level
+    } finally {
+      this.vm.rcu.readUnlock(token);
+    }
+  }
+
+  /**
+   * map as plain code, for a caller that nothing can interleave
+   * (!mem.yields): the same steps without the program's yields; the rare
+   * sub-programs (a removed table's teardown, a link, a split) run to their
+   * ends. test/kvm/plain_twins.test.ts checks that the two texts say the
+   * same apart from the program steps.
+   */
+  mapNow(fault: KvmPageFault, it: TdpIter, asId: number): RetPf {
+    const token = this.mapStart(fault, it, asId);
+    try {
+      for (tdpIterRestart(it); it.valid && it.gfn < fault.gfn + 1; ) {
+        if (it.oldLo === FROZEN_LO && it.oldHi === FROZEN_HI) return RetPf.Retry;
+        if (it.level === fault.goalLevel) {
+          const made = this.targetLevelSpte(fault, it);
+          if (made !== RetPf.Continue) return made;
+          const newLo = this.madeLo;
+          const newHi = this.madeHi;
+          const wrprot = this.madeWrprot;
+          if (this.setSpteAtomic(it, newLo, newHi) !== 0) return RetPf.Retry;
+          if (this.removedPt !== null) runProgram(this.handleRemovedPt(this.removedPt, true));
+          return this.targetLevelSet(fault, it, newLo, newHi, wrprot);
+        }
+        if ((it.oldLo & 0x800) === 0 || (it.oldLo & 0x80) !== 0) {
+          const sp = this.allocChildSp(fault, it, asId);
+          if (((it.oldLo & 0x800) !== 0 ? runProgram(this.splitHugePage(it, sp)) : runProgram(this.linkSp(it, sp))) !== 0) {
+            this.freeSpNow(sp);
+            return RetPf.Retry;
+          }
+        }
+        tdpIterNext(it);
+      }
+      return RetPf.Retry;
     } finally {
       this.vm.rcu.readUnlock(token);
     }

@@ -14,7 +14,7 @@ import { KvmMmuNotifier, MmuInvalidate } from './kvm_main.js';
 import { MmuLock, Rcu, Srcu } from './locks.js';
 import { KVM_MEM_LOG_DIRTY_PAGES, KvmMemslots, type KvmMemorySlot } from './memslots.js';
 import { KvmRmaps } from './rmap.js';
-import { EFAULT, kvmMmuPageFault, newFault } from './mmu.js';
+import { EFAULT, kvmMmuPageFault, kvmMmuPageFaultNow, newFault } from './mmu.js';
 import { TdpIter } from './tdp_iter.js';
 import { EPT_AD, EPT_NOAD, NPT, makeFlavour, type SpteFlavour } from './spte.js';
 import { RetPf, TdpMmu, type TdpMmuVm } from './tdp_mmu.js';
@@ -299,6 +299,14 @@ export class Kvm implements TdpMmuVm {
   }
 
   /**
+   * access() run to its end as plain code, for a caller that nothing can
+   * interleave (!mem.yields): what the trace runner does for each access.
+   */
+  accessNow(vcpuId: number, laHi: number, laLo: number, kind: AccessKind, size: number, out: GuestAccess): void {
+    this.handleExitsNow(vcpuId, laHi, laLo, kind, size, out, true);
+  }
+
+  /**
    * The first entry of an access, as plain code: true when the access ended
    * in the guest (the common case: nothing to run as a program, nothing
    * allocated); false when it exited, the exit being in out.result for
@@ -328,6 +336,27 @@ export class Kvm implements TdpMmuVm {
       const ret = yield* kvmMmuPageFault(this, v, out.result);
       if (this.exitDone(ret, out)) return;
       if (this.mem.yields) yield; // re-entering the guest is a point where others may run
+      if (this.run(v, laHi, laLo, kind, size, out)) return;
+    }
+  }
+
+  /**
+   * handleExits as plain code, for a caller that nothing can interleave
+   * (!mem.yields): the trace runner and the benchmarks. Exits are handled
+   * by kvmMmuPageFaultNow, so an access runs no generator.
+   * test/kvm/plain_twins.test.ts checks that the two texts say the same
+   * apart from the program steps.
+   */
+  handleExitsNow(
+    vcpuId: number, laHi: number, laLo: number, kind: AccessKind, size: number, out: GuestAccess, enterFirst?: boolean,
+  ): void {
+    if (this.mem.yields) throw new Error('assertion: handleExitsNow while a scheduler interleaves (use the handleExits program)');
+    if (enterFirst && this.enter(vcpuId, laHi, laLo, kind, size, out)) return;
+    const v = this.vcpu(vcpuId);
+    for (;;) {
+      this.exitBegin(laLo, out);
+      const ret = kvmMmuPageFaultNow(this, v, out.result);
+      if (this.exitDone(ret, out)) return;
       if (this.run(v, laHi, laLo, kind, size, out)) return;
     }
   }

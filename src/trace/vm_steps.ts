@@ -71,7 +71,7 @@ export class VmSession {
   access(s: Step): GuestAccess {
     // Only an access that exits needs KVM's exit handling as a program.
     if (!this.kvm.enter(s.vcpu, s.laHi, s.laLo, s.kind, s.size, this.out)) {
-      runProgram(this.kvm.handleExits(s.vcpu, s.laHi, s.laLo, s.kind, s.size, this.out));
+      this.kvm.handleExitsNow(s.vcpu, s.laHi, s.laLo, s.kind, s.size, this.out);
     }
     const mm = this.mm;
     if (mm === null) return this.out;
