@@ -153,6 +153,7 @@ export class TagCache {
   private chain(i: number): void {
     const d = this.data;
     const e = i * STRIDE;
+    if (d[e + F_BUCKET] >= 0) throw new Error(`assertion: cache entry ${i} chained twice`);
     const shift = d[e + F_SHIFT];
     if (shift !== 21 && shift !== 30) throw new Error(`assertion: a cache entry larger than its granule made from a page of shift ${shift}`);
     const b = largeBucket(d[e + F_KEY_HI], d[e + F_KEY_LO], shift);
@@ -221,7 +222,6 @@ export class TagCache {
     keyHi: number, keyLo: number, vpid: number, pcid: number, ep4ta: number,
     global: boolean, shift: number, hpa: number, gpa: number, rights: number,
   ): number {
-    // One pass over the set: the matching entry, else the first free way.
     const x = this.hash(keyHi, keyLo);
     const set = x & this.setMask;
     const base = set * this.ways;
@@ -229,59 +229,51 @@ export class TagCache {
     const tag = this.tag;
     const want = keyLo | TAG_VALID;
     let i = -1;
-    let w = -1;
     if (this.keyCount[x & this.keyMask] !== 0) {
       for (let j = base; j < end; j++) {
-        const t = tag[j];
-        if ((t & ~TAG_CHAINED) === want) {
-          if (this.sameContext(j, keyHi, vpid, pcid, ep4ta)) {
-            i = j;
-            break;
-          }
-        } else if (t === 0 && w < 0) w = j;
-      }
-    } else if (this.setFill[set] !== this.ways) {
-      // No entry with the key: only a free way is wanted.
-      for (let j = base; j < end; j++) {
-        if (tag[j] === 0) {
-          w = j;
+        if ((tag[j] & ~TAG_CHAINED) === want && this.sameContext(j, keyHi, vpid, pcid, ep4ta)) {
+          i = j;
           break;
         }
       }
     }
-    if (i < 0) {
-      if (w < 0) {
-        // Round robin, without a division.
+    if (i >= 0) {
+      // The matching entry: same key, so the same set and count slot; only its chain may change (with its shift).
+      if ((tag[i] & TAG_CHAINED) !== 0) this.unchain(i);
+    } else {
+      if (this.setFill[set] !== this.ways) {
+        for (let j = base; j < end; j++) {
+          if (tag[j] === 0) {
+            i = j;
+            break;
+          }
+        }
+        this.nValid++;
+        this.setFill[set]++;
+      } else {
+        // A full set: the round-robin victim, without a division.
         const v = this.victim[set];
-        w = base + v;
+        i = base + v;
         this.victim[set] = v + 1 === this.ways ? 0 : v + 1;
+        if ((tag[i] & TAG_CHAINED) !== 0) this.unchain(i);
+        this.keyCount[this.slotOf(i)]--;
       }
-      i = w;
+      this.keyCount[x & this.keyMask]++;
     }
-    const old = tag[i];
+    tag[i] = want;
     const d = this.data;
     const e = i * STRIDE;
-    if (old === 0) {
-      this.nValid++;
-      this.setFill[set]++;
-    } else {
-      if ((old & TAG_CHAINED) !== 0) this.unchain(i);
-      this.keyCount[this.slotOf(i)]--;
-    }
-    this.keyCount[x & this.keyMask]++;
-    tag[i] = want;
     d[e + F_KEY_HI] = keyHi;
     d[e + F_KEY_LO] = keyLo;
     d[e + F_VPID] = vpid;
     d[e + F_PCID] = pcid;
-    // High halves by floor, so that a negative value (a gPA of -1) comes back.
-    d[e + F_EP4TA_HI] = Math.floor(ep4ta * INV_TWO32);
+    d[e + F_EP4TA_HI] = (ep4ta * INV_TWO32) | 0; // an EP4TA and an hPA are never negative
     d[e + F_EP4TA_LO] = ep4ta | 0;
     d[e + F_GLOBAL] = global ? 1 : 0;
     d[e + F_SHIFT] = shift;
-    d[e + F_HPA_HI] = Math.floor(hpa * INV_TWO32);
+    d[e + F_HPA_HI] = (hpa * INV_TWO32) | 0;
     d[e + F_HPA_LO] = hpa | 0;
-    d[e + F_GPA_HI] = Math.floor(gpa * INV_TWO32);
+    d[e + F_GPA_HI] = gpa < 0 ? -1 : (gpa * INV_TWO32) | 0; // -1: no gPA
     d[e + F_GPA_LO] = gpa | 0;
     d[e + F_RIGHTS] = rights;
     if (shift > this.granule) this.chain(i);
@@ -297,7 +289,12 @@ export class TagCache {
 
   /** Drop every entry. */
   clear(): void {
-    // F_BUCKET is left as it is: it is read only while an entry is chained.
+    // Chained entries leave their chains (F_BUCKET -1), as unchain() would.
+    if (this.nLarge !== 0) {
+      for (let b = 0; b < LARGE_BUCKETS; b++) {
+        for (let i = this.bucketHead[b]; i >= 0; i = this.data[i * STRIDE + F_NEXT]) this.data[i * STRIDE + F_BUCKET] = -1;
+      }
+    }
     this.tag.fill(0);
     this.keyCount.fill(0);
     this.setFill.fill(0);
@@ -314,7 +311,7 @@ export class TagCache {
     const tag = this.tag;
     for (let i = 0; i < tag.length; i++) {
       if (tag[i] !== 0 && pred(i)) {
-        this.invalidate(i);
+        this.invalidate(i, (i / this.ways) | 0); // exact enough: the quotient is never within 2^-8 below an integer
         n++;
       }
     }
@@ -334,37 +331,47 @@ export class TagCache {
     if (this.nValid === 0) return 0;
     let n = 0;
     const g = this.granule;
-    const kHi = maskHi(hi, g);
-    const kLo = maskLo(lo, g);
-    const x = this.hash(kHi, kLo);
-    const base = (x & this.setMask) * this.ways;
-    const end = this.keyCount[x & this.keyMask] === 0 ? base : base + this.ways;
-    const tag = this.tag;
-    const want = kLo | TAG_VALID;
+    const epHi = (ep4ta * INV_TWO32) | 0;
+    const epLo = ep4ta | 0;
+    const x = this.hash(maskHi(hi, g), maskLo(lo, g));
     // The set holds the entries whose key is the address's (none when its
     // count is zero); entries larger than the granule that cover it from
     // other keys are all in the chains below.
-    for (let i = base; i < end; i++) {
-      if ((tag[i] & ~TAG_CHAINED) === want && this.data[i * STRIDE + F_KEY_HI] === kHi && this.tagged(i, vpid, pcid, ep4ta, globalAnyPcid)) {
-        this.invalidate(i);
-        n++;
-      }
-    }
-    // The large entries: only those chained under the pages, of each size present, that contain the address.
-    for (let k = 0; k < LARGE_SHIFTS.length && this.nLarge > 0; k++) {
-      const s = LARGE_SHIFTS[k];
-      if (s <= g || this.largeAt[s] === 0) continue;
-      for (let i = this.bucketHead[largeBucket(hi, lo, s)]; i >= 0; ) {
-        const next = this.data[i * STRIDE + F_NEXT];
-        if (this.tagged(i, vpid, pcid, ep4ta, globalAnyPcid) && this.covers(i, hi, lo)) {
-          this.invalidate(i);
+    if (this.keyCount[x & this.keyMask] !== 0) {
+      const set = x & this.setMask;
+      const base = set * this.ways;
+      const end = base + this.ways;
+      const tag = this.tag;
+      const kHi = maskHi(hi, g);
+      const want = maskLo(lo, g) | TAG_VALID;
+      for (let i = base; i < end; i++) {
+        if ((tag[i] & ~TAG_CHAINED) === want && this.data[i * STRIDE + F_KEY_HI] === kHi && this.tagged(i, vpid, pcid, epHi, epLo, globalAnyPcid)) {
+          this.invalidate(i, set);
           n++;
         }
-        i = next;
       }
+    }
+    // The large entries: only those chained under the 2M and 1G pages that contain the address.
+    if (this.nLarge !== 0) {
+      if (g < 21 && this.largeAt[21] !== 0) n += this.dropChain(largeBucket(hi, lo, 21), hi, lo, vpid, pcid, epHi, epLo, globalAnyPcid);
+      if (g < 30 && this.largeAt[30] !== 0) n += this.dropChain(largeBucket(hi, lo, 30), hi, lo, vpid, pcid, epHi, epLo, globalAnyPcid);
     }
     this.nValid -= n;
     if (n > 0) this.epoch[0]++;
+    return n;
+  }
+
+  /** dropCovering's look at one chain of large entries; returns how many it freed. */
+  private dropChain(bucket: number, hi: number, lo: number, vpid: number, pcid: number, epHi: number, epLo: number, globalAnyPcid: boolean): number {
+    let n = 0;
+    for (let i = this.bucketHead[bucket]; i >= 0; ) {
+      const next = this.data[i * STRIDE + F_NEXT];
+      if (this.tagged(i, vpid, pcid, epHi, epLo, globalAnyPcid) && this.covers(i, hi, lo)) {
+        this.invalidate(i, (i / this.ways) | 0); // exact enough: the quotient is never within 2^-8 below an integer
+        n++;
+      }
+      i = next;
+    }
     return n;
   }
 
@@ -377,21 +384,22 @@ export class TagCache {
     return this.hash(hi, this.tag[i]) & this.keyMask;
   }
 
-  /** Frees entry i (the caller counts it). */
-  private invalidate(i: number): void {
+  /** Frees entry i of the given set (the caller counts it). */
+  private invalidate(i: number, set: number): void {
     if ((this.tag[i] & TAG_CHAINED) !== 0) this.unchain(i);
     this.keyCount[this.slotOf(i)]--;
     this.tag[i] = 0;
-    // i / ways is exact enough: the quotient is never within 2^-8 below an integer.
-    this.setFill[(i / this.ways) | 0]--;
+    this.setFill[set]--;
   }
 
-  private tagged(i: number, vpid: number, pcid: number, ep4ta: number, globalAnyPcid: boolean): boolean {
+  /** Entry i carries these tags (EP4TA as halves; vpid or pcid -1: any). */
+  private tagged(i: number, vpid: number, pcid: number, epHi: number, epLo: number, globalAnyPcid: boolean): boolean {
     const d = this.data;
     const e = i * STRIDE;
     return (
       (vpid < 0 || d[e + F_VPID] === vpid) &&
-      d[e + F_EP4TA_HI] * TWO32 + (d[e + F_EP4TA_LO] >>> 0) === ep4ta &&
+      d[e + F_EP4TA_LO] === epLo &&
+      d[e + F_EP4TA_HI] === epHi &&
       (pcid < 0 || d[e + F_PCID] === pcid || (globalAnyPcid && d[e + F_GLOBAL] !== 0))
     );
   }
@@ -431,8 +439,6 @@ const F_PREV = 15;
 const TWO32 = 4294967296;
 const INV_TWO32 = 1 / TWO32;
 
-/** Shifts of the pages whose 4K fragments can be large entries: 2M and 1G. */
-const LARGE_SHIFTS = [21, 30];
 const LARGE_BUCKET_BITS = 6;
 const LARGE_BUCKETS = 1 << LARGE_BUCKET_BITS;
 

@@ -103,6 +103,23 @@ describe('TagCache', () => {
     );
   });
 
+  it('refilling an entry with its own key keeps it in one chain, or in none once it is no longer a fragment', () => {
+    const c = new TagCache(16, 4, 12);
+    // A 4K fragment of the 1G page at 0, filled twice: one entry, chained once.
+    c.insert(0, 0x5000, 0, 0, 0, false, 30, 0x9000, 0x5000, 7);
+    c.insert(0, 0x5000, 0, 0, 0, false, 30, 0x9000, 0x5000, 7);
+    expect(c.count()).toBe(1);
+    // Another address in the 1G page finds it through the chain, once.
+    expect(c.dropCovering(0, 0x3000_0000, -1, -1, 0, true)).toBe(1);
+    expect(c.count()).toBe(0);
+    // Refilled as a fragment, then as a plain 4K page: the second fill takes it out of the chain.
+    c.insert(0, 0x5000, 0, 0, 0, false, 30, 0x9000, 0x5000, 7);
+    c.insert(0, 0x5000, 0, 0, 0, false, 12, 0x9000, 0x5000, 7);
+    expect(c.dropCovering(0, 0x3000_0000, -1, -1, 0, true)).toBe(0);
+    expect(c.dropCovering(0, 0x5000, -1, -1, 0, true)).toBe(1);
+    expect(c.count()).toBe(0);
+  });
+
   it('an entry larger than the granule must come from a 2M or 1G page', () => {
     const c = new TagCache(16, 4, 12);
     expect(() => c.insert(0, 0, 0, 0, 0, false, 39, 0, 0, 7)).toThrow('assertion: a cache entry larger than its granule made from a page of shift 39');
