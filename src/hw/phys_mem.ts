@@ -34,6 +34,16 @@ const FC_SIZE = 4096;
 const FC_MASK = FC_SIZE - 1;
 
 /**
+ * The frame-cache slot of the address (hi, lo): the frame number's low bits,
+ * mixed with a multiplicative hash of the high half. (A plain XOR of the
+ * high half made the top-down page-table frames of the host, near
+ * MAXPHYADDR, collide with the bottom-up frames of the guest's tables.)
+ */
+function fcSlot(hi: number, lo: number): number {
+  return (((lo >>> 12) ^ (Math.imul(hi, 0x9e3779b1) >>> 20)) & FC_MASK) * 4;
+}
+
+/**
  * Frames live in one Int32Array arena. A 4-level radix tree over the frame
  * number (address bits 51:42, 41:32, 31:22, 21:12) finds a frame; a
  * direct-mapped cache in front of it makes the usual lookup one typed-array
@@ -60,6 +70,8 @@ export class PhysMem {
   clock = 0;
   /** Frames allocated so far. */
   frameCount = 0;
+  /** Lookups the frame cache missed (a radix-tree walk each): for tests of the cache's hash. */
+  frameCacheMisses = 0;
   readonly limit: number;
   /** Bits that must be clear in a valid address's high half: [31:M-32]. */
   private readonly badHi: number;
@@ -78,7 +90,7 @@ export class PhysMem {
 
   /** Word index of the frame holding the address (hi, lo), or -1 if it was never written (unless `create`). */
   private frameBase(hi: number, lo: number, create: boolean): number {
-    const c = (((lo >>> 12) ^ hi) & FC_MASK) * 4;
+    const c = fcSlot(hi, lo);
     const fc = this.fc;
     if (fc[c] === hi && fc[c + 1] === (lo & -4096)) return fc[c + 2];
     return this.frameBaseSlow(hi, lo, create, c);
@@ -86,6 +98,7 @@ export class PhysMem {
 
   /** Cache miss: walk the radix tree (creating the path if asked) and cache the frame found. */
   private frameBaseSlow(hi: number, lo: number, create: boolean, c: number): number {
+    this.frameCacheMisses++;
     let node = this.child(0, hi >>> 10, create);
     if (node !== 0) node = this.child(node, hi & (NODE - 1), create);
     if (node !== 0) node = this.child(node, lo >>> 22, create);
@@ -156,7 +169,7 @@ export class PhysMem {
     if (this.preempt !== null) this.preempt.point(MemOp.Load, hi * TWO32 + (lo >>> 0));
     if (((hi & this.badHi) | (lo & 7)) !== 0) this.badAddress(hi * TWO32 + (lo >>> 0));
     // frameBase and read, spelled out: V8 would not inline them into the walker here, and a walk makes 24 of these.
-    const c = (((lo >>> 12) ^ hi) & FC_MASK) * 4;
+    const c = fcSlot(hi, lo);
     const fc = this.fc;
     const base = fc[c] === hi && fc[c + 1] === (lo & -4096) ? fc[c + 2] : this.frameBaseSlow(hi, lo, false, c);
     if (base < 0) {

@@ -1,0 +1,34 @@
+/**
+ * PhysMem's frame cache: a direct-mapped cache of frame lookups in front of
+ * the radix tree. Its hash must keep apart the frames the model uses most:
+ * the host's page-table frames, handed out top-down from near MAXPHYADDR,
+ * and the guest's and KVM's frames, bottom-up from low memory.
+ */
+import { describe, expect, it } from 'vitest';
+import { PhysMem } from '../../src/hw/phys_mem.js';
+
+describe('PhysMem frame cache', () => {
+  it('a top-down frame near 2^46 and a bottom-up frame near 16 MiB stay cached together (a plain XOR of the high half mapped both to slot 2)', () => {
+    const mem = new PhysMem(46);
+    const top = 0x3fff_ffff_d010; // frame 0x3fffffffd: low bits 0xffd, high half 0x3fff
+    const low = 0x100_2000; // frame 0x1002
+    mem.store64(top, 1, 0);
+    mem.store64(low, 2, 0);
+    const before = mem.frameCacheMisses;
+    for (let i = 0; i < 10; i++) {
+      mem.load64(top);
+      expect(mem.lo).toBe(1);
+      mem.load64Halves(0, low);
+      expect(mem.lo).toBe(2);
+    }
+    expect(mem.frameCacheMisses - before).toBe(0);
+  });
+
+  it('a frame never written reads as zero and is looked up in the tree each time (it is not cached)', () => {
+    const mem = new PhysMem(46);
+    const before = mem.frameCacheMisses;
+    mem.load64(0x5000);
+    mem.load64(0x5008);
+    expect([mem.lo, mem.hi, mem.frameCacheMisses - before]).toEqual([0, 0, 2]);
+  });
+});
