@@ -1,6 +1,7 @@
 /**
  * The KVM benchmarks of issue 3, through the same paths the trace runner
- * uses: guest accesses with exit handling (Kvm.access) and the mmu-notifier
+ * uses: guest accesses with exit handling (Kvm.accessNow, the plain-code
+ * form of Kvm.access, as nothing interleaves here) and the mmu-notifier
  * callbacks the host mm calls (kvm.notifier).
  */
 import Benchmark from 'benchmark';
