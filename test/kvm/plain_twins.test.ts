@@ -98,6 +98,17 @@ describe('plain twins of the fault path', () => {
     expect(lines('if (x) {\n  r = kvm.tdpMmu.mapNow(f, it, 1);\n}')).not.toEqual(prog.lines);
   });
 
+  it('the plain form refuses to run while a scheduler interleaves (mem.yields): that needs the programs', () => {
+    const kvm = makeVm({ tdp: 'ept' });
+    const out: GuestAccess = { result: new AccessResult(), exits: 0, userExit: null };
+    kvm.mem.yields = true;
+    expect(() => kvm.accessNow(0, 0, 0x5000, KIND.read, 1, out)).toThrow('assertion: handleExitsNow while a scheduler interleaves (use the handleExits program)');
+    kvm.mem.yields = false;
+    expect(out.exits).toBe(0); // refused before the first entry
+    kvm.accessNow(0, 0, 0x5000, KIND.read, 1, out);
+    expect([out.exits, out.userExit]).toEqual([1, null]);
+  });
+
   type Op =
     | { op: 'access'; page: number; kind: KindName }
     | { op: 'mmio'; page: number; kind: KindName }
