@@ -333,20 +333,27 @@ export class TagCache {
     const g = this.granule;
     const epHi = (ep4ta * INV_TWO32) | 0;
     const epLo = ep4ta | 0;
-    const x = this.hash(maskHi(hi, g), maskLo(lo, g));
+    const kHi = maskHi(hi, g);
+    const kLo = maskLo(lo, g);
+    const x = this.hash(kHi, kLo);
+    const slot = x & this.keyMask;
     // The set holds the entries whose key is the address's (none when its
     // count is zero); entries larger than the granule that cover it from
     // other keys are all in the chains below.
-    if (this.keyCount[x & this.keyMask] !== 0) {
+    if (this.keyCount[slot] !== 0) {
       const set = x & this.setMask;
       const base = set * this.ways;
       const end = base + this.ways;
       const tag = this.tag;
-      const kHi = maskHi(hi, g);
-      const want = maskLo(lo, g) | TAG_VALID;
+      const want = kLo | TAG_VALID;
       for (let i = base; i < end; i++) {
-        if ((tag[i] & ~TAG_CHAINED) === want && this.data[i * STRIDE + F_KEY_HI] === kHi && this.tagged(i, vpid, pcid, epHi, epLo, globalAnyPcid)) {
-          this.invalidate(i, set);
+        const t = tag[i];
+        if ((t & ~TAG_CHAINED) === want && this.data[i * STRIDE + F_KEY_HI] === kHi && this.tagged(i, vpid, pcid, epHi, epLo, globalAnyPcid)) {
+          // Its key is the address's: the count slot and the set are known.
+          if ((t & TAG_CHAINED) !== 0) this.unchain(i);
+          this.keyCount[slot]--;
+          tag[i] = 0;
+          this.setFill[set]--;
           n++;
         }
       }
