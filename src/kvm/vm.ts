@@ -126,6 +126,9 @@ export class Kvm implements TdpMmuVm {
     this.rootLevel = opts.tdp === 'npt' ? 4 : opts.eptLevels;
     this.maxGfn = 2 ** (maxPhysAddr - 12);
     this.pages = new PageAllocator(this.mem, HOST_POOL_BASE, 2 ** maxPhysAddr - HOST_POOL_BASE);
+    // struct pages up front (memmap_init) for the guest's RAM and, at 1%, KVM's page tables (both come from the bottom of
+    // the pool), so that touching the guest never copies them as the pool grows.
+    this.pages.folios.ensure(HOST_POOL_BASE / 4096 + Math.ceil((opts.memory / 4096) * 1.01) + 64);
     this.mm = new MmStruct(this.mem, this.pages);
     this.mmuLock = new MmuLock(this.mem);
     this.memslots = new KvmMemslots({ maxGpaBits: maxPhysAddr });
