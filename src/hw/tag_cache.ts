@@ -222,6 +222,7 @@ export class TagCache {
     keyHi: number, keyLo: number, vpid: number, pcid: number, ep4ta: number,
     global: boolean, shift: number, hpa: number, gpa: number, rights: number,
   ): number {
+    if (hpa < 0 || ep4ta < 0) throw new Error(`assertion: cache fill with a negative address (hPA ${hpa}, EP4TA ${ep4ta})`);
     const x = this.hash(keyHi, keyLo);
     const set = x & this.setMask;
     const base = set * this.ways;
@@ -267,7 +268,7 @@ export class TagCache {
     d[e + F_KEY_LO] = keyLo;
     d[e + F_VPID] = vpid;
     d[e + F_PCID] = pcid;
-    d[e + F_EP4TA_HI] = (ep4ta * INV_TWO32) | 0; // an EP4TA and an hPA are never negative
+    d[e + F_EP4TA_HI] = (ep4ta * INV_TWO32) | 0; // not negative (checked above): truncation is the floor
     d[e + F_EP4TA_LO] = ep4ta | 0;
     d[e + F_GLOBAL] = global ? 1 : 0;
     d[e + F_SHIFT] = shift;

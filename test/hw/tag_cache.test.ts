@@ -120,6 +120,15 @@ describe('TagCache', () => {
     expect(c.count()).toBe(0);
   });
 
+  it('a fill refuses a negative hPA or EP4TA, and changes nothing (their high halves are stored by truncation); a gPA of -1 (none) comes back as -1', () => {
+    const c = new TagCache(16, 4, 12);
+    expect(() => c.insert(0, 0x5000, 0, 0, 0, false, 12, -4096, 0x5000, 7)).toThrow('assertion: cache fill with a negative address (hPA -4096, EP4TA 0)');
+    expect(() => c.insert(0, 0x5000, 0, 0, -1, false, 12, 0x9000, 0x5000, 7)).toThrow('assertion: cache fill with a negative address (hPA 36864, EP4TA -1)');
+    expect([c.count(), c.fills, c.lookup(0, 0x5000, 0, 0, 0)]).toEqual([0, 0, -1]);
+    const i = c.insert(0, 0x5000, 0, 0, 0x1_2345_6000, false, 12, 0x8_0000_9000, -1, 7);
+    expect([c.hpaOf(i), c.gpaOf(i), c.ep4taOf(i)]).toEqual([0x8_0000_9000, -1, 0x1_2345_6000]);
+  });
+
   it('an entry larger than the granule must come from a 2M or 1G page', () => {
     const c = new TagCache(16, 4, 12);
     expect(() => c.insert(0, 0, 0, 0, 0, false, 39, 0, 0, 7)).toThrow('assertion: a cache entry larger than its granule made from a page of shift 39');
