@@ -135,6 +135,18 @@ export class PhysMem {
     return this.nodes++ * NODE;
   }
 
+  /**
+   * Makes room for `frames` frames in all, so that allocating up to that many
+   * never copies the arena (a caller that knows its size, such as a VM
+   * sizing its page tables, saves the copies of repeated doubling).
+   */
+  reserveFrames(frames: number): void {
+    if (frames * FRAME_WORDS <= this.words.length) return;
+    const bigger = new Int32Array(frames * FRAME_WORDS);
+    bigger.set(this.words);
+    this.words = bigger;
+  }
+
   private allocate(): number {
     const slot = this.frameCount++;
     if ((slot + 1) * FRAME_WORDS > this.words.length) {

@@ -129,6 +129,9 @@ export class Kvm implements TdpMmuVm {
     // struct pages up front (memmap_init) for the guest's RAM and, at 1%, KVM's page tables (both come from the bottom of
     // the pool), so that touching the guest never copies them as the pool grows.
     this.pages.folios.ensure(HOST_POOL_BASE / 4096 + Math.ceil((opts.memory / 4096) * 1.01) + 64);
+    // Frames for page tables: a last-level table per 2 MiB of guest memory in KVM's TDP tables and in the host's, plus the
+    // levels above and the guest's own (guest data lives in folio tokens, not frames).
+    this.mem.reserveFrames(2 * Math.ceil(opts.memory / (2 << 20)) + 64);
     this.mm = new MmStruct(this.mem, this.pages);
     this.mmuLock = new MmuLock(this.mem);
     this.memslots = new KvmMemslots({ maxGpaBits: maxPhysAddr });

@@ -31,4 +31,23 @@ describe('PhysMem frame cache', () => {
     mem.load64(0x5008);
     expect([mem.lo, mem.hi, mem.frameCacheMisses - before]).toEqual([0, 0, 2]);
   });
+
+  it('reserveFrames makes room up front: frames allocated up to the reserve keep the same arena, contents and all', () => {
+    const mem = new PhysMem(46);
+    mem.store64(0x1000, 7, 0);
+    mem.reserveFrames(300);
+    const arena = mem.directWords();
+    for (let f = 2; f < 300; f++) mem.store64(f * 4096, f, 0);
+    expect(mem.frameCount).toBe(299);
+    expect(mem.directWords()).toBe(arena);
+    mem.load64(0x1000);
+    expect(mem.lo).toBe(7);
+    mem.store64(300 * 4096, 1, 0); // the 300th frame still fits
+    expect(mem.directWords()).toBe(arena);
+    mem.store64(301 * 4096, 1, 0); // the 301st grows the arena
+    expect(mem.directWords()).not.toBe(arena);
+    mem.load64(299 * 4096);
+    expect(mem.lo).toBe(299);
+  });
 });
+
