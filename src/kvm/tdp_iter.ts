@@ -91,7 +91,7 @@ export class TdpIter {
   /** nextLastLevelGfn at the last (re)start; yielding needs progress beyond it. */
   yieldedGfn = 0;
   /** Host physical address of the table in use at each level (index level - 1). */
-  readonly ptPath: number[] = new Array<number>(PT64_ROOT_MAX_LEVEL).fill(0);
+  readonly ptPath = new Float64Array(PT64_ROOT_MAX_LEVEL); // typed, so a new iterator's array has the same shape as every other's
   /** Host physical address of the current SPTE. */
   sptep = 0;
   /** Lowest GFN mapped by the current SPTE, without gfnBits. */

@@ -44,7 +44,7 @@
  * uses, copy_present_page for pinned folios.
  */
 import { PG_anon } from './folio.js';
-import { MmStruct, PAGE_SIZE, VM_LOCKED, type AnonVma, type VmArea } from './mm.js';
+import { MmStruct, PAGE_SIZE, VM_LOCKED, VMA_EXTRAS_NONE, type AnonVma, type VmArea } from './mm.js';
 import { MmuNotifierEvent, ULONG_MAX, mmuNotifierRangeInit, type Program } from './mmu_notifier.js';
 import {
   _PAGE_ACCESSED, _PAGE_PRESENT, _PAGE_RW, _PAGE_SWP_EXCLUSIVE, entryAddr, type LeafVisitor,
@@ -77,7 +77,7 @@ export function* dupMmap(parent: MmStruct): Program<{ child: MmStruct; stats: Fo
     (av as { id: number }).id = f.registerMapping(av);
     const dst: VmArea = {
       mm: child, start: src.start, end: src.end, pgoff: src.pgoff, writable: src.writable, level: src.level, anonVma: av.id,
-      tokens: src.tokens === null ? null : src.tokens.slice(),
+      tokens: src.tokens === null ? null : src.tokens.slice(), ...VMA_EXTRAS_NONE,
     };
     // anon_vma_fork does nothing for a parent area without an anon_vma: the child's gets its own at its first fault.
     if (src.hasAnonVma === true) {

@@ -76,6 +76,13 @@ export interface VmArea {
 }
 
 /**
+ * The optional fields a new area starts with, spelled out: every area then has
+ * the same shape from its creation, and code V8 optimized for one VM's areas
+ * is not thrown away (deoptimized) at the next VM's first fault.
+ */
+export const VMA_EXTRAS_NONE = { vmFlags: 0, hasAnonVma: false } as const;
+
+/**
  * An anon_vma with its anon_vma_chain: every area whose folios it may map.
  * Without fork the areas' pgoff ranges never overlap and a folio has at most
  * one area; after fork (fork.ts) the child's areas are on the parent's
@@ -276,7 +283,7 @@ export class MmStruct {
     if (this.vmas.some((v) => v.start < end && start < v.end)) throw new RangeError(`mmap: 0x${start.toString(16)}..0x${end.toString(16)} overlaps a mapping`);
     const av: AnonVma = { id: 0, vmas: [] };
     (av as { id: number }).id = this.folios.registerMapping(av);
-    const vma: VmArea = { mm: this, start, end, pgoff: 0, writable: opts.writable ?? true, level, anonVma: av.id, tokens: null };
+    const vma: VmArea = { mm: this, start, end, pgoff: 0, writable: opts.writable ?? true, level, anonVma: av.id, tokens: null, ...VMA_EXTRAS_NONE };
     this.insertVma(vma);
     return vma;
   }
@@ -369,7 +376,7 @@ export class MmStruct {
     const k = (addr - vma.start) / PAGE_SIZE;
     const upper: VmArea = {
       mm: this, start: addr, end: vma.end, pgoff: vma.pgoff + k, writable: vma.writable, level: vma.level, anonVma: vma.anonVma,
-      tokens: vma.tokens === null ? null : vma.tokens.slice(k),
+      tokens: vma.tokens === null ? null : vma.tokens.slice(k), ...VMA_EXTRAS_NONE,
     };
     copyVmaExtras(vma, upper);
     vma.tokens = vma.tokens === null ? null : vma.tokens.slice(0, k);
@@ -446,7 +453,7 @@ export class MmStruct {
    * new range is free.
    */
   copyVma(vma: VmArea, oldStart: number, moveLength: number, newStart: number, length: number): VmArea {
-    const neu: VmArea = { mm: this, start: newStart, end: newStart + length, pgoff: vma.pgoff + (oldStart - vma.start) / PAGE_SIZE, writable: vma.writable, level: vma.level, anonVma: vma.anonVma, tokens: null };
+    const neu: VmArea = { mm: this, start: newStart, end: newStart + length, pgoff: vma.pgoff + (oldStart - vma.start) / PAGE_SIZE, writable: vma.writable, level: vma.level, anonVma: vma.anonVma, tokens: null, ...VMA_EXTRAS_NONE };
     copyVmaExtras(vma, neu);
     if (vma.tokens !== null) {
       const from = (oldStart - vma.start) / PAGE_SIZE;

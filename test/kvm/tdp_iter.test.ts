@@ -296,7 +296,7 @@ describe('tdp_iter start, yield and restart', () => {
     expect(it.ptPath[3]).toBe(ROOT);
     tdpIterNext(it);
     tdpIterNext(it);
-    expect(it.ptPath.slice(1, 4)).toEqual([PD, PDPT, ROOT]);
+    expect([...it.ptPath.slice(1, 4)]).toEqual([PD, PDPT, ROOT]);
   });
 
   it('gfn_bits select the entry used without appearing in gfn', () => {
