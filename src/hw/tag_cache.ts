@@ -35,6 +35,9 @@ export class TagCache {
    */
   private readonly keyCount: Uint16Array;
   private readonly keyMask: number;
+  /** ANDed into an address's halves, they give its key at this cache's granule (bits below it clear). */
+  readonly hiMask: number;
+  readonly loMask: number;
   /** Whether a keyCount slot depends on the high key (else the tag alone gives it, without a look at the entry). */
   private readonly slotUsesHi: boolean;
   /** Valid entries by set: a fill into a full set goes straight to the victim. */
@@ -89,6 +92,9 @@ export class TagCache {
     this.keyCount = new Uint16Array(slots);
     this.keyMask = slots - 1;
     this.slotUsesHi = granule + Math.log2(slots) > 32;
+    if (granule < 12 || granule > 63) throw new Error(`assertion: cache granule ${granule} outside 12..63`);
+    this.hiMask = granule <= 32 ? -1 : -1 << (granule - 32);
+    this.loMask = granule >= 32 ? 0 : -1 << granule;
     this.setFill = new Uint8Array(sets);
   }
 
@@ -334,8 +340,8 @@ export class TagCache {
     const g = this.granule;
     const epHi = (ep4ta * INV_TWO32) | 0;
     const epLo = ep4ta | 0;
-    const kHi = maskHi(hi, g);
-    const kLo = maskLo(lo, g);
+    const kHi = hi & this.hiMask;
+    const kLo = lo & this.loMask;
     const x = this.hash(kHi, kLo);
     const slot = x & this.keyMask;
     // The set holds the entries whose key is the address's (none when its
@@ -454,12 +460,4 @@ const LARGE_BUCKETS = 1 << LARGE_BUCKET_BITS;
 function largeBucket(hi: number, lo: number, shift: number): number {
   const page = (lo >>> shift) | (hi << (32 - shift));
   return Math.imul(page + shift, 0x9e3779b1) >>> (32 - LARGE_BUCKET_BITS);
-}
-
-/** Mask the address (hi, lo) down to a granule: returns the low half; the high half is maskHi(). */
-export function maskLo(lo: number, granule: number): number {
-  return granule >= 32 ? 0 : (lo >>> granule) << granule;
-}
-export function maskHi(hi: number, granule: number): number {
-  return granule <= 32 ? hi : granule >= 64 ? 0 : (hi >>> (granule - 32)) << (granule - 32);
 }

@@ -15,7 +15,7 @@ import { AccessKind, AccessResult, Outcome, UnsupportedError } from './result.js
 import {
   RT_DIRTY, RT_EDIRTY, RT_ER, RT_EW, RT_EX, RT_E_SHIFT, RT_PKEY_SHIFT, RT_RW, RT_US, RT_XD,
 } from './rights.js';
-import { maskHi, maskLo, TagCache } from './tag_cache.js';
+import { TagCache } from './tag_cache.js';
 import { VcpuTlb } from './tlb.js';
 
 export const enum Mode {
@@ -401,7 +401,7 @@ export class Mmu {
       for (let k = 2; k <= levels; k++) {
         const c = this.tlb.gPsc[k];
         if (c.count() === 0) continue; // nothing to find: skip the key computation too
-        const i = c.lookup(maskHi(laHi, c.granule), maskLo(laLo, c.granule), this.cVpid, this.cPcid, this.cEp4ta);
+        const i = c.lookup(laHi & c.hiMask, laLo & c.loMask, this.cVpid, this.cPcid, this.cEp4ta);
         if (i >= 0) {
           pscHit = true;
           level = k - 1;
@@ -534,7 +534,7 @@ export class Mmu {
       if (this.pscCfg === true) {
         for (let k = top; k > level; k--) {
           const c = this.tlb.gPsc[k];
-          c.insert(maskHi(laHi, c.granule), maskLo(laLo, c.granule), this.cVpid, this.cPcid, this.cEp4ta, false, c.granule,
+          c.insert(laHi & c.hiMask, laLo & c.loMask, this.cVpid, this.cPcid, this.cEp4ta, false, c.granule,
             this.lvTableHpa[k - 1], this.lvTableGpa[k - 1], this.lvRights[k] | this.lvTableRt[k - 1]);
         }
       }
@@ -788,7 +788,7 @@ export class Mmu {
       for (let k = 2; k <= level; k++) {
         const c = this.tlb.ePsc[k];
         if (c.count() === 0) continue; // nothing to find: skip the key computation too
-        const i = c.lookup(maskHi(gHi, c.granule), maskLo(gLo, c.granule), this.gVpid, 0, this.cEp4ta);
+        const i = c.lookup(gHi & c.hiMask, gLo & c.loMask, this.gVpid, 0, this.cEp4ta);
         if (i >= 0) {
           this.xCached = true;
           level = k - 1;
@@ -886,7 +886,7 @@ export class Mmu {
     for (let k = top; k > leafLevel; k--) {
       const c = this.tlb.ePsc[k];
       const next = this.addrOf(this.eLo[k], this.eHi[k], 12);
-      c.insert(maskHi(gHi, c.granule), maskLo(gLo, c.granule), this.gVpid, 0, this.cEp4ta, false, c.granule, next, -1, this.eRights[k]);
+      c.insert(gHi & c.hiMask, gLo & c.loMask, this.gVpid, 0, this.cEp4ta, false, c.granule, next, -1, this.eRights[k]);
     }
   }
 
@@ -931,7 +931,7 @@ export class Mmu {
       for (let k = 2; k <= 4; k++) {
         const c = this.tlb.ePsc[k];
         if (c.count() === 0) continue; // nothing to find: skip the key computation too
-        const i = c.lookup(maskHi(gHi, c.granule), maskLo(gLo, c.granule), this.gVpid, 0, 0);
+        const i = c.lookup(gHi & c.hiMask, gLo & c.loMask, this.gVpid, 0, 0);
         if (i >= 0) {
           this.xCached = true;
           level = k - 1;
