@@ -85,7 +85,7 @@ export function* dupMmap(parent: MmStruct): Program<{ child: MmStruct; stats: Fo
       dst.anonChain = [...(src.anonChain ?? []), src.anonVma];
     }
     // The child does not inherit mlock (vm_flags_clear of VM_LOCKED_MASK).
-    if (src.vmFlags !== undefined) dst.vmFlags = src.vmFlags & ~VM_LOCKED;
+    dst.vmFlags = src.vmFlags & ~VM_LOCKED;
     child.insertVma(dst);
     stats.vmas++;
     if (src.hasAnonVma !== true) continue; // vma_needs_copy: no anon_vma, nothing to copy

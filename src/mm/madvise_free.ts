@@ -123,7 +123,7 @@ export function* tryToUnmapLazyfree(mm: MmStruct, head: number): Program<boolean
   const i = f.idx(head);
   const vma = folioVma(f, head);
   if (vma === null || vma.mm !== mm) return f.mapcount[i] <= 0;
-  if (((vma.vmFlags ?? 0) & VM_LOCKED) !== 0) return false;
+  if ((vma.vmFlags & VM_LOCKED) !== 0) return false;
   const addr = vmaAddress(vma, f.index[i]);
   const range = mmuNotifierRangeInit(MmuNotifierEvent.Clear, MMU_NOTIFIER_RANGE_BLOCKABLE, addr, addr + PAGE_SIZE);
   yield* mm.notifiers.invalidateRangeStart(range);

@@ -104,7 +104,7 @@ export function* walkMm(lruvec: Lruvec, mm: MmStruct, policy: SecondaryPolicy, s
   };
   const shortCut = !forceScan && (lruvec.caps & LRU_GEN_NONLEAF_YOUNG) !== 0 && !policy.walkAsksSecondary(mm);
   for (const vma of mm.areas) {
-    if (vma.level === 3 || ((vma.vmFlags ?? 0) & VM_SPECIAL) !== 0) continue;
+    if (vma.level === 3 || (vma.vmFlags & VM_SPECIAL) !== 0) continue;
     for (let addr = vma.start; addr < vma.end;) {
       const next = Math.min(vma.end, Math.floor(addr / PMD_SIZE) * PMD_SIZE + PMD_SIZE);
       if (mem.yields) yield;
@@ -211,7 +211,7 @@ export function lookAroundWindow(addr: number, vmaStart: number, vmaEnd: number)
  */
 export function* lookAround(lruvec: Lruvec, vma: VmArea, hva: number, policy: SecondaryPolicy): Program<number> {
   const mm = vma.mm;
-  if (((vma.vmFlags ?? 0) & VM_SPECIAL) !== 0 || vma.level !== 1) return 0;
+  if ((vma.vmFlags & VM_SPECIAL) !== 0 || vma.level !== 1) return 0;
   const [start, end] = lookAroundWindow(hva, vma.start, vma.end);
   const n = (end - start) / PAGE;
   if (n <= 1) return 0;

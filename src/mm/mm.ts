@@ -58,14 +58,14 @@ export interface VmArea {
   readonly anonVma: number;
   /** Data tokens: the last token written per page of the area (0: zero-filled or discarded); null until the first write. */
   tokens: Uint32Array | null;
-  /** vm_flags bits beyond VM_WRITE that reclaim reads (VM_LOCKED, VM_EXEC, VM_SEQ_READ, VM_RAND_READ); absent means none. */
-  vmFlags?: number;
+  /** vm_flags bits beyond VM_WRITE that reclaim reads (VM_LOCKED, VM_EXEC, VM_SEQ_READ, VM_RAND_READ); 0 for none. */
+  vmFlags: number;
   /**
    * vma->anon_vma is set (anon_vma_prepare ran: a page was faulted in once).
    * The model registers the anon_vma at mmap, but fork copies the page
    * tables only of areas where the kernel's would exist (vma_needs_copy).
    */
-  hasAnonVma?: boolean;
+  hasAnonVma: boolean;
   /**
    * The anon_vma_chain beyond `anonVma` (anon_vma_fork): the anon_vmas of
    * the areas this one was forked from, oldest first. The area is on each
@@ -76,9 +76,9 @@ export interface VmArea {
 }
 
 /**
- * The optional fields a new area starts with, spelled out: every area then has
- * the same shape from its creation, and code V8 optimized for one VM's areas
- * is not thrown away (deoptimized) at the next VM's first fault.
+ * vm_flags and the anon_vma state of a new area. They are set at creation
+ * (not added at the first fault) so that every area has one shape, and code
+ * V8 optimized for one VM's areas is not deoptimized by the next VM's.
  */
 export const VMA_EXTRAS_NONE = { vmFlags: 0, hasAnonVma: false } as const;
 
@@ -231,10 +231,10 @@ function hex(n: number): string {
   return `0x${n.toString(16)}`;
 }
 
-/** The optional fields a piece of an area keeps (__split_vma, copy_vma): vm_flags, the anon_vma state and chain. */
+/** What a piece of an area keeps besides its range (__split_vma, copy_vma): vm_flags, the anon_vma state and chain. */
 function copyVmaExtras(from: VmArea, to: VmArea): void {
-  if (from.vmFlags !== undefined) to.vmFlags = from.vmFlags;
-  if (from.hasAnonVma !== undefined) to.hasAnonVma = from.hasAnonVma;
+  to.vmFlags = from.vmFlags;
+  to.hasAnonVma = from.hasAnonVma;
   if (from.anonChain !== undefined) to.anonChain = from.anonChain;
 }
 
@@ -387,7 +387,7 @@ export class MmStruct {
 
   /** is_mergeable_vma + is_mergeable_anon_vma + contiguous vm_pgoff: b may be folded into a, its left neighbour. */
   private canMerge(a: VmArea, b: VmArea): boolean {
-    return a.end === b.start && a.writable === b.writable && (a.vmFlags ?? 0) === (b.vmFlags ?? 0) && a.level === b.level &&
+    return a.end === b.start && a.writable === b.writable && a.vmFlags === b.vmFlags && a.level === b.level &&
       a.anonVma === b.anonVma && a.pgoff + vmaPages(a) === b.pgoff && a.anonChain === b.anonChain;
   }
 

@@ -72,7 +72,7 @@ export class HostRmap {
     this.stats.referencedWalks++;
     let mapcount = f.mapcount[f.idx(head)];
     for (const vma of this.vmasOf(head)) {
-      const flags = vma.vmFlags ?? 0;
+      const flags = vma.vmFlags;
       if ((flags & (VM_SEQ_READ | VM_RAND_READ)) !== 0) continue; // invalid_folio_referenced_vma
       mapcount -= yield* this.folioReferencedOne(vma, head, res);
       if ((res.vmFlags & VM_LOCKED) !== 0 || mapcount <= 0) break;
@@ -93,7 +93,7 @@ export class HostRmap {
     const mm = vma.mm;
     const hva = this.addressIn(vma, head);
     if (!this.mapsFolio(vma, hva, head)) return 0;
-    if (((vma.vmFlags ?? 0) & VM_LOCKED) !== 0) {
+    if ((vma.vmFlags & VM_LOCKED) !== 0) {
       res.vmFlags |= VM_LOCKED; // mlock_vma_folio, then stop the walk
       return 1;
     }
@@ -106,7 +106,7 @@ export class HostRmap {
     if (referenced !== 0) {
       this.stats.young++;
       res.referenced++;
-      res.vmFlags |= (vma.vmFlags ?? 0) & ~VM_LOCKED;
+      res.vmFlags |= vma.vmFlags & ~VM_LOCKED;
     }
     return 1;
   }
@@ -136,7 +136,7 @@ export class HostRmap {
   private *tryToUnmapOne(vma: VmArea, head: number): Program<boolean> {
     const f = this.folios;
     const mm = vma.mm;
-    if (((vma.vmFlags ?? 0) & VM_LOCKED) !== 0) return false;
+    if ((vma.vmFlags & VM_LOCKED) !== 0) return false;
     if (vma.level !== 1 || f.order(head) !== 0) throw new Error('assertion: unmapping a large folio (THP split is not modelled)');
     const swap = this.swap;
     const slot = swap === null ? -1 : swap.slotOfFolio(head);

@@ -166,7 +166,7 @@ describe('dup_mmap: the PTEs and the folios', () => {
   it('VM_LOCKED is not inherited; 2M host pages are refused', () => {
     const { kvm } = setup();
     guestWrite(kvm, 0);
-    (kvm.mm.areas[0] as { vmFlags?: number }).vmFlags = VM_LOCKED;
+    kvm.mm.areas[0].vmFlags = VM_LOCKED;
     const { child } = fork(kvm);
     expect(child.areas[0].vmFlags).toBe(0);
     const big = makeVm({ memory: 2 * 1024 * 1024, hostLevel: 2 });
