@@ -318,7 +318,7 @@ export class TagCache {
     const tag = this.tag;
     for (let i = 0; i < tag.length; i++) {
       if (tag[i] !== 0 && pred(i)) {
-        this.invalidate(i, (i / this.ways) | 0); // exact enough: the quotient is never within 2^-8 below an integer
+        this.invalidate(i, this.setOf(i), this.slotOf(i));
         n++;
       }
     }
@@ -354,13 +354,8 @@ export class TagCache {
       const tag = this.tag;
       const want = kLo | TAG_VALID;
       for (let i = base; i < end; i++) {
-        const t = tag[i];
-        if ((t & ~TAG_CHAINED) === want && this.data[i * STRIDE + F_KEY_HI] === kHi && this.tagged(i, vpid, pcid, epHi, epLo, globalAnyPcid)) {
-          // Its key is the address's: the count slot and the set are known.
-          if ((t & TAG_CHAINED) !== 0) this.unchain(i);
-          this.keyCount[slot]--;
-          tag[i] = 0;
-          this.setFill[set]--;
+        if ((tag[i] & ~TAG_CHAINED) === want && this.data[i * STRIDE + F_KEY_HI] === kHi && this.tagged(i, vpid, pcid, epHi, epLo, globalAnyPcid)) {
+          this.invalidate(i, set, slot); // its key is the address's: set and count slot are known
           n++;
         }
       }
@@ -381,7 +376,7 @@ export class TagCache {
     for (let i = this.bucketHead[bucket]; i >= 0; ) {
       const next = this.data[i * STRIDE + F_NEXT];
       if (this.tagged(i, vpid, pcid, epHi, epLo, globalAnyPcid) && this.covers(i, hi, lo)) {
-        this.invalidate(i, (i / this.ways) | 0); // exact enough: the quotient is never within 2^-8 below an integer
+        this.invalidate(i, this.setOf(i), this.slotOf(i));
         n++;
       }
       i = next;
@@ -398,10 +393,15 @@ export class TagCache {
     return this.hash(hi, this.tag[i]) & this.keyMask;
   }
 
-  /** Frees entry i of the given set (the caller counts it). */
-  private invalidate(i: number, set: number): void {
+  /** The set of entry i (i / ways is exact enough: the quotient is never within 2^-8 below an integer). */
+  private setOf(i: number): number {
+    return (i / this.ways) | 0;
+  }
+
+  /** Frees entry i, of the given set and keyCount slot (the caller counts it). */
+  private invalidate(i: number, set: number, slot: number): void {
     if ((this.tag[i] & TAG_CHAINED) !== 0) this.unchain(i);
-    this.keyCount[this.slotOf(i)]--;
+    this.keyCount[slot]--;
     this.tag[i] = 0;
     this.setFill[set]--;
   }
