@@ -7,9 +7,10 @@
  *
  * Layout: entry i is the 16 int32 (64 bytes, a cache line) of `data` from
  * i * STRIDE, fields at the F_* offsets below; 52-bit addresses and the
- * EP4TA are kept as high and low halves. A fill or an invalidation touches
- * one entry's line instead of one line per field. The per-way `tag` array
- * stays separate so that a set's scan reads one short run of it.
+ * EP4TA are doubles in the same line, read through `wide`. A fill or an
+ * invalidation touches one entry's line instead of one line per field. The
+ * per-way `tag` array stays separate so that a set's scan reads one short
+ * run of it.
  */
 export class TagCache {
   readonly sets: number;
@@ -27,6 +28,8 @@ export class TagCache {
   private readonly tag: Int32Array;
   /** The entries, STRIDE int32 each (see the class doc). */
   private readonly data: Int32Array;
+  /** The same memory as float64: the wide fields (EP4TA, hPA, gPA) are whole doubles at W_* of entry i's i * WSTRIDE. */
+  private readonly wide: Float64Array;
   private readonly victim: Uint8Array;
   /**
    * Valid entries by the low bits of their key's hash (a superset of the set
@@ -85,6 +88,7 @@ export class TagCache {
     this.setMask = sets - 1;
     this.tag = new Int32Array(entries);
     this.data = new Int32Array(entries * STRIDE);
+    this.wide = new Float64Array(this.data.buffer);
     for (let i = 0; i < entries; i++) this.data[i * STRIDE + F_BUCKET] = -1;
     this.victim = new Uint8Array(sets);
     let slots = sets;
@@ -106,7 +110,7 @@ export class TagCache {
     return this.data[i * STRIDE + F_KEY_HI];
   }
   keyLoOf(i: number): number {
-    return this.data[i * STRIDE + F_KEY_LO];
+    return this.tag[i] & ~0xfff; // the tag is the low key with flags below bit 12
   }
   /** Tags: VPID (ASID under NPT), PCID, EP4TA (0 when not under EPT). */
   vpidOf(i: number): number {
@@ -116,53 +120,48 @@ export class TagCache {
     return this.data[i * STRIDE + F_PCID];
   }
   ep4taOf(i: number): number {
-    return this.wide(i, F_EP4TA_HI);
+    return this.wide[i * WSTRIDE + W_EP4TA];
   }
   isGlobal(i: number): boolean {
-    return this.data[i * STRIDE + F_GLOBAL] !== 0;
+    return (this.data[i * STRIDE + F_SHIFT] & S_GLOBAL) !== 0;
   }
   /** log2 of the size of the page (or region) the entry was made from. */
   shiftOf(i: number): number {
-    return this.data[i * STRIDE + F_SHIFT];
+    return this.data[i * STRIDE + F_SHIFT] & S_SHIFT;
   }
   /** Host physical address the key maps to (frame or table), and its halves. */
   hpaOf(i: number): number {
-    return this.wide(i, F_HPA_HI);
+    return this.wide[i * WSTRIDE + W_HPA];
   }
   hpaHi(i: number): number {
-    return this.data[i * STRIDE + F_HPA_HI];
+    return (this.wide[i * WSTRIDE + W_HPA] * INV_TWO32) | 0; // not negative: truncation is the floor
   }
   hpaLo(i: number): number {
-    return this.data[i * STRIDE + F_HPA_LO];
+    return this.wide[i * WSTRIDE + W_HPA] | 0;
   }
   /** Guest-physical address the key maps to (frame or table) when two-dimensional, or -1; and its halves. */
   gpaOf(i: number): number {
-    return this.wide(i, F_GPA_HI);
+    return this.wide[i * WSTRIDE + W_GPA];
   }
   gpaHi(i: number): number {
-    return this.data[i * STRIDE + F_GPA_HI];
+    const g = this.wide[i * WSTRIDE + W_GPA];
+    return g < 0 ? -1 : (g * INV_TWO32) | 0;
   }
   gpaLo(i: number): number {
-    return this.data[i * STRIDE + F_GPA_LO];
+    return this.wide[i * WSTRIDE + W_GPA] | 0;
   }
   /** Packed rights, see rights.ts. */
   rightsOf(i: number): number {
     return this.data[i * STRIDE + F_RIGHTS];
   }
-  /** The value kept as halves at field f (high, signed) and f + 1 (low) of entry i. */
-  private wide(i: number, f: number): number {
-    const b = i * STRIDE + f;
-    return this.data[b] * TWO32 + (this.data[b + 1] >>> 0);
-  }
-
   /** Chains entry i (valid, larger than the granule) in the bucket of the page it came from. */
   private chain(i: number): void {
     const d = this.data;
     const e = i * STRIDE;
     if (d[e + F_BUCKET] >= 0) throw new Error(`assertion: cache entry ${i} chained twice`);
-    const shift = d[e + F_SHIFT];
+    const shift = d[e + F_SHIFT] & S_SHIFT;
     if (shift !== 21 && shift !== 30) throw new Error(`assertion: a cache entry larger than its granule made from a page of shift ${shift}`);
-    const b = largeBucket(d[e + F_KEY_HI], d[e + F_KEY_LO], shift);
+    const b = largeBucket(d[e + F_KEY_HI], this.tag[i] & ~0xfff, shift);
     const head = this.bucketHead[b];
     d[e + F_NEXT] = head;
     d[e + F_PREV] = -1;
@@ -185,14 +184,18 @@ export class TagCache {
     else this.bucketHead[b] = next;
     if (next >= 0) d[next * STRIDE + F_PREV] = prev;
     d[e + F_BUCKET] = -1;
-    this.largeAt[d[e + F_SHIFT]]--;
+    this.largeAt[d[e + F_SHIFT] & S_SHIFT]--;
     this.nLarge--;
   }
 
-  /** Hash of a key: its low bits are the set index (and the keyCount slot). */
+  /**
+   * Hash of a key: its low bits are the set index (and the keyCount slot).
+   * Always a signed 32-bit integer (hence the `| 0` on the unsigned shift):
+   * a result that is only sometimes unsigned made V8 carry it as a double.
+   */
   private hash(keyHi: number, keyLo: number): number {
     const g = this.granule;
-    return g < 32 ? (keyLo >>> g) ^ (keyHi << (32 - g)) : keyHi >>> (g - 32);
+    return g < 32 ? (keyLo >>> g) ^ (keyHi << (32 - g)) : (keyHi >>> (g - 32)) | 0;
   }
 
   /**
@@ -218,8 +221,8 @@ export class TagCache {
     return (
       d[e + F_KEY_HI] === keyHi &&
       d[e + F_VPID] === vpid &&
-      d[e + F_EP4TA_HI] * TWO32 + (d[e + F_EP4TA_LO] >>> 0) === ep4ta &&
-      (d[e + F_PCID] === pcid || d[e + F_GLOBAL] !== 0)
+      this.wide[i * WSTRIDE + W_EP4TA] === ep4ta &&
+      (d[e + F_PCID] === pcid || (d[e + F_SHIFT] & S_GLOBAL) !== 0)
     );
   }
 
@@ -271,17 +274,14 @@ export class TagCache {
     const d = this.data;
     const e = i * STRIDE;
     d[e + F_KEY_HI] = keyHi;
-    d[e + F_KEY_LO] = keyLo;
     d[e + F_VPID] = vpid;
     d[e + F_PCID] = pcid;
-    d[e + F_EP4TA_HI] = (ep4ta * INV_TWO32) | 0; // not negative (checked above): truncation is the floor
-    d[e + F_EP4TA_LO] = ep4ta | 0;
-    d[e + F_GLOBAL] = global ? 1 : 0;
-    d[e + F_SHIFT] = shift;
-    d[e + F_HPA_HI] = (hpa * INV_TWO32) | 0;
-    d[e + F_HPA_LO] = hpa | 0;
-    d[e + F_GPA_HI] = gpa < 0 ? -1 : (gpa * INV_TWO32) | 0; // -1: no gPA
-    d[e + F_GPA_LO] = gpa | 0;
+    d[e + F_SHIFT] = global ? shift | S_GLOBAL : shift;
+    const w = this.wide;
+    const we = i * WSTRIDE;
+    w[we + W_EP4TA] = ep4ta;
+    w[we + W_HPA] = hpa;
+    w[we + W_GPA] = gpa < 0 ? -1 : gpa; // -1: no gPA
     d[e + F_RIGHTS] = rights;
     if (shift > this.granule) this.chain(i);
     this.fills++;
@@ -338,8 +338,6 @@ export class TagCache {
     if (this.nValid === 0) return 0;
     let n = 0;
     const g = this.granule;
-    const epHi = (ep4ta * INV_TWO32) | 0;
-    const epLo = ep4ta | 0;
     const kHi = hi & this.hiMask;
     const kLo = lo & this.loMask;
     const x = this.hash(kHi, kLo);
@@ -354,7 +352,7 @@ export class TagCache {
       const tag = this.tag;
       const want = kLo | TAG_VALID;
       for (let i = base; i < end; i++) {
-        if ((tag[i] & ~TAG_CHAINED) === want && this.data[i * STRIDE + F_KEY_HI] === kHi && this.tagged(i, vpid, pcid, epHi, epLo, globalAnyPcid)) {
+        if ((tag[i] & ~TAG_CHAINED) === want && this.data[i * STRIDE + F_KEY_HI] === kHi && this.tagged(i, vpid, pcid, ep4ta, globalAnyPcid)) {
           this.invalidate(i, set, slot); // its key is the address's: set and count slot are known
           n++;
         }
@@ -362,8 +360,8 @@ export class TagCache {
     }
     // The large entries: only those chained under the 2M and 1G pages that contain the address.
     if (this.nLarge !== 0) {
-      if (g < 21 && this.largeAt[21] !== 0) n += this.dropChain(largeBucket(hi, lo, 21), hi, lo, vpid, pcid, epHi, epLo, globalAnyPcid);
-      if (g < 30 && this.largeAt[30] !== 0) n += this.dropChain(largeBucket(hi, lo, 30), hi, lo, vpid, pcid, epHi, epLo, globalAnyPcid);
+      if (g < 21 && this.largeAt[21] !== 0) n += this.dropChain(largeBucket(hi, lo, 21), hi, lo, vpid, pcid, ep4ta, globalAnyPcid);
+      if (g < 30 && this.largeAt[30] !== 0) n += this.dropChain(largeBucket(hi, lo, 30), hi, lo, vpid, pcid, ep4ta, globalAnyPcid);
     }
     this.nValid -= n;
     if (n > 0) this.epoch[0]++;
@@ -371,11 +369,11 @@ export class TagCache {
   }
 
   /** dropCovering's look at one chain of large entries; returns how many it freed. */
-  private dropChain(bucket: number, hi: number, lo: number, vpid: number, pcid: number, epHi: number, epLo: number, globalAnyPcid: boolean): number {
+  private dropChain(bucket: number, hi: number, lo: number, vpid: number, pcid: number, ep4ta: number, globalAnyPcid: boolean): number {
     let n = 0;
     for (let i = this.bucketHead[bucket]; i >= 0; ) {
       const next = this.data[i * STRIDE + F_NEXT];
-      if (this.tagged(i, vpid, pcid, epHi, epLo, globalAnyPcid) && this.covers(i, hi, lo)) {
+      if (this.tagged(i, vpid, pcid, ep4ta, globalAnyPcid) && this.covers(i, hi, lo)) {
         this.invalidate(i, this.setOf(i), this.slotOf(i));
         n++;
       }
@@ -407,14 +405,13 @@ export class TagCache {
   }
 
   /** Entry i carries these tags (EP4TA as halves; vpid or pcid -1: any). */
-  private tagged(i: number, vpid: number, pcid: number, epHi: number, epLo: number, globalAnyPcid: boolean): boolean {
+  private tagged(i: number, vpid: number, pcid: number, ep4ta: number, globalAnyPcid: boolean): boolean {
     const d = this.data;
     const e = i * STRIDE;
     return (
       (vpid < 0 || d[e + F_VPID] === vpid) &&
-      d[e + F_EP4TA_LO] === epLo &&
-      d[e + F_EP4TA_HI] === epHi &&
-      (pcid < 0 || d[e + F_PCID] === pcid || (globalAnyPcid && d[e + F_GLOBAL] !== 0))
+      this.wide[i * WSTRIDE + W_EP4TA] === ep4ta &&
+      (pcid < 0 || d[e + F_PCID] === pcid || (globalAnyPcid && (d[e + F_SHIFT] & S_GLOBAL) !== 0))
     );
   }
 
@@ -422,36 +419,45 @@ export class TagCache {
   covers(i: number, hi: number, lo: number): boolean {
     const d = this.data;
     const e = i * STRIDE;
-    const s = Math.max(d[e + F_SHIFT], this.granule);
+    const s = Math.max(d[e + F_SHIFT] & S_SHIFT, this.granule);
     if (s >= 32) return d[e + F_KEY_HI] >>> (s - 32) === hi >>> (s - 32);
-    return d[e + F_KEY_HI] === hi && d[e + F_KEY_LO] >>> s === lo >>> s;
+    return d[e + F_KEY_HI] === hi && this.tag[i] >>> s === lo >>> s;
   }
 }
 
 const TAG_VALID = 1;
 const TAG_CHAINED = 2;
 
-/** Int32 per entry: 64 bytes, one cache line. */
+/**
+ * Int32 per entry: 64 bytes, one cache line. The low key is not among the
+ * fields: it is the tag's bits 31:12.
+ */
 const STRIDE = 16;
 const F_KEY_HI = 0;
-const F_KEY_LO = 1;
-const F_VPID = 2;
-const F_PCID = 3;
-const F_EP4TA_HI = 4;
-const F_EP4TA_LO = 5;
-const F_GLOBAL = 6;
-const F_SHIFT = 7;
-const F_HPA_HI = 8;
-const F_HPA_LO = 9;
-const F_GPA_HI = 10;
-const F_GPA_LO = 11;
-const F_RIGHTS = 12;
-const F_BUCKET = 13;
-const F_NEXT = 14;
-const F_PREV = 15;
+const F_VPID = 1;
+const F_PCID = 2;
+/** The page shift (S_SHIFT) and the global flag (S_GLOBAL). */
+const F_SHIFT = 3;
+const S_SHIFT = 0xff;
+const S_GLOBAL = 0x100;
+// Int32 4-9: the wide fields (W_* below).
+const F_RIGHTS = 10;
+const F_BUCKET = 11;
+const F_NEXT = 12;
+const F_PREV = 13;
+// Int32 14-15: unused.
 
-const TWO32 = 4294967296;
-const INV_TWO32 = 1 / TWO32;
+/**
+ * The wide fields as float64 (WSTRIDE per entry): EP4TA, hPA and gPA (-1:
+ * none) as whole doubles, exact since no address reaches 2^52. One store or
+ * compare each, where halves took two and a conversion.
+ */
+const WSTRIDE = STRIDE / 2;
+const W_EP4TA = 2;
+const W_HPA = 3;
+const W_GPA = 4;
+
+const INV_TWO32 = 1 / 4294967296;
 
 const LARGE_BUCKET_BITS = 6;
 const LARGE_BUCKETS = 1 << LARGE_BUCKET_BITS;
