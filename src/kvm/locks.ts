@@ -67,8 +67,13 @@ export class MmuLockStats {
 export class MmuLock {
   /** Readers inside; -1 while a writer holds it. */
   private state = 0;
-  /** The writer, or the readers in the order they got in. */
+  /** The writer. */
   private writer: MmuLockUser = 'other';
+  /**
+   * The readers in the order they got in: the first `state` entries (those
+   * past it are stale). Indexed stores, not push/pop: V8 called a builtin for
+   * push on every fault.
+   */
   private readonly readerUsers: MmuLockUser[] = [];
   /** PhysMem.clock at the last change of state, for hold times. */
   private since = 0;
@@ -118,8 +123,8 @@ export class MmuLock {
   readTrylock(who: MmuLockUser = 'other'): boolean {
     if (this.state < 0) return false;
     this.account();
+    this.readerUsers[this.state] = who;
     this.state++;
-    this.readerUsers.push(who);
     this.stats.readLocks[who]++;
     return true;
   }
@@ -127,12 +132,12 @@ export class MmuLock {
   readUnlock(who: MmuLockUser = 'other'): void {
     if (this.state <= 0) throw new Error('assertion: read_unlock of mmu_lock not held for read');
     const users = this.readerUsers;
-    const i = users.indexOf(who);
-    if (i < 0) throw new Error(`assertion: read_unlock of mmu_lock by ${who}, not a reader`);
+    const n = this.state;
+    let i = 0; // the earliest reader of that name leaves, as indexOf would find it
+    while (i < n && users[i] !== who) i++;
+    if (i === n) throw new Error(`assertion: read_unlock of mmu_lock by ${who}, not a reader`);
     this.account();
-    // Not splice: that allocates the array of removed elements.
-    if (i !== users.length - 1) users.copyWithin(i, i + 1);
-    users.pop();
+    for (let j = i + 1; j < n; j++) users[j - 1] = users[j];
     this.state--;
   }
 

@@ -19,12 +19,15 @@ export class RcuDomain {
 
   private nextToken = 1;
   /**
-   * Tokens of the open read sections, oldest first (tokens only grow). A
+   * Tokens of the open read sections, oldest first, in open[0 .. nOpen)
+   * (entries past it are stale; indexed stores rather than push/pop, which
+   * V8 called as builtins on every fault). Tokens only grow. A
    * section open at some moment has a token below nextToken then, and every
    * later one a token at or above it: so "every section open at t has
    * closed" is "no open token is below nextToken at t".
    */
   private readonly open: number[] = [];
+  private nOpen = 0;
   /** Callbacks in call order, each with nextToken at its call (its barrier: barriers never decrease). */
   private readonly pending: { cb: () => void; barrier: number }[] = [];
   /** synchronize calls, and scheduler steps they spent waiting. */
@@ -36,29 +39,30 @@ export class RcuDomain {
   /** rcu_read_lock / srcu_read_lock; returns the token for readUnlock. */
   readLock(): number {
     const t = this.nextToken++;
-    this.open.push(t);
+    this.open[this.nOpen++] = t;
     return t;
   }
 
   /** rcu_read_unlock / srcu_read_unlock. */
   readUnlock(token: number): void {
     const open = this.open;
+    const n = this.nOpen;
     // Sections mostly nest, so the token is mostly the last.
-    let i = open.length - 1;
+    let i = n - 1;
     while (i >= 0 && open[i] !== token) i--;
     if (i < 0) throw new Error('assertion: srcu_read_unlock without srcu_read_lock');
-    if (i !== open.length - 1) open.copyWithin(i, i + 1);
-    open.pop();
+    for (let j = i + 1; j < n; j++) open[j - 1] = open[j];
+    this.nOpen = n - 1;
     if (this.pending.length !== 0) this.runReady();
   }
 
   get readersInside(): number {
-    return this.open.length;
+    return this.nOpen;
   }
 
   /** Whether every section open when nextToken was `barrier` has closed. */
   private passed(barrier: number): boolean {
-    return this.open.length === 0 || this.open[0] >= barrier;
+    return this.nOpen === 0 || this.open[0] >= barrier;
   }
 
   /** synchronize_rcu / synchronize_srcu: wait until every read section open now has closed. */
