@@ -72,4 +72,25 @@ describe('MmuLock stats', () => {
     expect(lock.stats.writeHeld.aging + lock.stats.readHeld + lock.waits).toBe(0);
     expect(lock.stats.writeLocks.aging + lock.stats.readLocks.fault).toBe(2);
   });
+
+  it('a reader that leaves out of order takes the earliest entry of its name: the oldest left is who a writer waits behind', () => {
+    const mem = new PhysMem(40);
+    const lock = new MmuLock(mem);
+    const s = new Scheduler(mem, 1, 0.5, 'round-robin');
+    // Readers in order aging, fault, aging; the earliest 'aging' leaves, so 'fault' is now the oldest.
+    expect([lock.readTrylock('aging'), lock.readTrylock('fault'), lock.readTrylock('aging')]).toEqual([true, true, true]);
+    lock.readUnlock('aging');
+    s.spawn('w', holdWrite(lock, mem, 0));
+    s.spawn('r', (function* () {
+      yield;
+      lock.readUnlock('fault');
+      lock.readUnlock('aging');
+    })());
+    s.finish();
+    // 1 w yields before its lock, 2 r yields, 3 w waits behind the oldest reader, 4 r lets both go, 5 w takes it.
+    expect(mem.clock).toBe(5);
+    expect(lock.stats.waitBehind).toEqual(new Map([['aging/fault', 1]]));
+    expect(() => lock.readUnlock('aging')).toThrow('assertion: read_unlock of mmu_lock not held for read');
+    expect(lock.stats.writeLocks.aging).toBe(1);
+  });
 });
