@@ -139,28 +139,29 @@ export class VcpuRegs {
     return (this.cr0 & CR0_PG) !== 0 && (this.cr4 & CR4_PAE) !== 0 && (this.efer & EFER_LMA) === 0;
   }
 
+  // The derived registers read the fields, not the getters: small enough that V8 always inlines them into the walker.
   get pcid(): number {
-    return this.cr4 & CR4_PCIDE ? this.cr3 & 0xfff : 0;
+    return this._cr4 & CR4_PCIDE ? this._cr3 & 0xfff : 0;
   }
   get la57(): boolean {
-    return (this.cr4 & CR4_LA57) !== 0 && (this.efer & EFER_LMA) !== 0;
+    return (this._cr4 & CR4_LA57) !== 0 && (this._efer & EFER_LMA) !== 0;
   }
   get paging(): boolean {
-    return (this.cr0 & CR0_PG) !== 0;
+    return (this._cr0 & CR0_PG) !== 0;
   }
   get nxe(): boolean {
-    return (this.efer & EFER_NXE) !== 0;
+    return (this._efer & EFER_NXE) !== 0;
   }
   /** EPT A/D enabled (EPTP bit 6). */
   get eptAd(): boolean {
-    return (this.eptp & EPTP_AD) !== 0;
+    return (this._eptp & EPTP_AD) !== 0;
   }
   /** EPT walk length: EPTP[5:3] + 1. */
   get eptLevels(): number {
-    return ((this.eptp >>> 3) & 7) + 1;
+    return ((this._eptp >>> 3) & 7) + 1;
   }
   /** EP4TA: EPTP[51:12], the tag of guest-physical and combined mappings. */
   get ep4ta(): number {
-    return this.eptp - (this.eptp & 0xfff);
+    return this._eptp - (this._eptp & 0xfff);
   }
 }
