@@ -5,9 +5,10 @@
  * runs that differ only in the number of first touches made after the same
  * warm-up (two 1 GiB guests touched 150,000 times each), divided by that
  * number: start-up, JIT compilation and warm-up cancel out. Node runs with
- * --single-threaded so that no compiler or GC thread adds to the count, which
- * then repeats to within a few instructions. Not a time: a fault-in of
- * 20,000 instructions took about 2 us here.
+ * --single-threaded so that no compiler or GC thread adds to the count. With
+ * 250,000 touches two runs agree to within about ten instructions (with
+ * 100,000 they wandered by 200). Not a time: a fault-in of 19,000
+ * instructions took about 1.9 us here.
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
@@ -17,7 +18,7 @@ import { identityMap1G, newGuestAccess } from './kvm_bench.js';
 
 const GIB = 1024 * 1024 * 1024;
 const WARM = 150_000;
-const TOUCHES = 100_000;
+const TOUCHES = 250_000;
 
 /** The measured child: the warm-up, then `n` first touches of a third guest, as fault_in_4k_ns makes them. */
 function touch(n: number): void {
