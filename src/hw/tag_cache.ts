@@ -129,26 +129,13 @@ export class TagCache {
   shiftOf(i: number): number {
     return this.data[i * STRIDE + F_SHIFT] & S_SHIFT;
   }
-  /** Host physical address the key maps to (frame or table), and its halves. */
+  /** Host physical address the key maps to (frame or table). */
   hpaOf(i: number): number {
     return this.wide[i * WSTRIDE + W_HPA];
   }
-  hpaHi(i: number): number {
-    return (this.wide[i * WSTRIDE + W_HPA] * INV_TWO32) | 0; // not negative: truncation is the floor
-  }
-  hpaLo(i: number): number {
-    return this.wide[i * WSTRIDE + W_HPA] | 0;
-  }
-  /** Guest-physical address the key maps to (frame or table) when two-dimensional, or -1; and its halves. */
+  /** Guest-physical address the key maps to (frame or table) when two-dimensional, or -1. */
   gpaOf(i: number): number {
     return this.wide[i * WSTRIDE + W_GPA];
-  }
-  gpaHi(i: number): number {
-    const g = this.wide[i * WSTRIDE + W_GPA];
-    return g < 0 ? -1 : (g * INV_TWO32) | 0;
-  }
-  gpaLo(i: number): number {
-    return this.wide[i * WSTRIDE + W_GPA] | 0;
   }
   /** Packed rights, see rights.ts. */
   rightsOf(i: number): number {
@@ -456,8 +443,6 @@ const WSTRIDE = STRIDE / 2;
 const W_EP4TA = 2;
 const W_HPA = 3;
 const W_GPA = 4;
-
-const INV_TWO32 = 1 / 4294967296;
 
 const LARGE_BUCKET_BITS = 6;
 const LARGE_BUCKETS = 1 << LARGE_BUCKET_BITS;

@@ -94,6 +94,11 @@ const MAX_RESTARTS = 1000;
 /** EPT memory types 2, 3 and 7 are reserved (SDM 28.2.3.1), as a set of bits. */
 const BAD_EPT_MEMTYPES = (1 << 2) | (1 << 3) | (1 << 7);
 
+/** Bits 63:32 of a non-negative integer below 2^53, as the high half (truncation is the floor); the low half is x | 0. */
+function hiHalf(x: number): number {
+  return (x * INV_TWO32) | 0;
+}
+
 /** The address hi * 2^32 + lo from its two 32-bit halves (lo signed or not). */
 function join(hi: number, lo: number): number {
   return hi * TWO32 + (lo >>> 0);
@@ -386,7 +391,7 @@ export class Mmu {
 
     let level = levels;
     const cr3 = regs.cr3;
-    let tgHi = ((cr3 * INV_TWO32) | 0) & addrHi;
+    let tgHi = hiHalf(cr3) & addrHi;
     let tgLo = cr3 & ~0xfff;
     let known = mode === Mode.Native;
     let thHi = tgHi;
@@ -405,11 +410,14 @@ export class Mmu {
         if (i >= 0) {
           pscHit = true;
           level = k - 1;
-          tgHi = c.gpaHi(i);
-          tgLo = c.gpaLo(i);
+          // A guest PSC entry always holds its table's gPA (never -1).
+          const g = c.gpaOf(i);
+          const h = c.hpaOf(i);
+          tgHi = hiHalf(g);
+          tgLo = g | 0;
           known = true;
-          thHi = c.hpaHi(i);
-          thLo = c.hpaLo(i);
+          thHi = hiHalf(h);
+          thLo = h | 0;
           const rt = c.rightsOf(i);
           rw = rt & RT_RW;
           us = (rt & RT_US) >>> 1;
@@ -635,7 +643,7 @@ export class Mmu {
   private guestSetBits(level: number, entryGpa: number, entryHpa: number, entryRt: number, cached: boolean, lo: number, hi: number, bits: number, laHi: number, laLo: number): number {
     if (this.mode !== Mode.Native && (entryRt & RT_EW) === 0 && cached) {
       // Cached rights deny the write-back: re-walk the second dimension from memory, as the TLB-hit path does.
-      const gHi = (entryGpa * INV_TWO32) | 0;
+      const gHi = hiHalf(entryGpa);
       const gLo = entryGpa | 0;
       this.tlb.dropGuestPhysicalCovering(gHi, gLo, this.gVpid, this.cEp4ta);
       const s = this.xlateGpa(gHi, gLo, T_R | T_W, false, laHi, laLo);
@@ -643,7 +651,7 @@ export class Mmu {
       entryRt = this.xRights;
     }
     if (this.mode !== Mode.Native && (entryRt & RT_EW) === 0) {
-      if (this.mode === Mode.Ept) this.eptViolation((entryGpa * INV_TWO32) | 0, entryGpa | 0, T_R | T_W, (entryRt >>> RT_E_SHIFT) & 7, false, laHi, laLo);
+      if (this.mode === Mode.Ept) this.eptViolation(hiHalf(entryGpa), entryGpa | 0, T_R | T_W, (entryRt >>> RT_E_SHIFT) & 7, false, laHi, laLo);
       else this.npf(entryGpa, PF_P | PF_W | PF_U, false);
       return S_EXIT;
     }
@@ -743,8 +751,9 @@ export class Mmu {
       if (i >= 0) {
         const rt = c.rightsOf(i);
         if (((rt >>> RT_E_SHIFT) & type) === type && ((type & T_W) === 0 || (rt & RT_EDIRTY) !== 0)) {
-          this.xHi = c.hpaHi(i);
-          this.xLo = c.hpaLo(i) | (gLo & 0xfff);
+          const h = c.hpaOf(i);
+          this.xHi = hiHalf(h);
+          this.xLo = (h | 0) | (gLo & 0xfff);
           this.xRights = rt;
           this.xCached = true;
           return S_OK;
@@ -781,7 +790,7 @@ export class Mmu {
     const addrHi = this.addrHi;
     let level = regs.eptLevels;
     const eptp = regs.eptp;
-    let tHi = ((eptp * INV_TWO32) | 0) & addrHi;
+    let tHi = hiHalf(eptp) & addrHi;
     let tLo = eptp & ~0xfff;
     let rights = 7;
     if (this.pscOn() && !this.gpaGone(gHi, gLo)) {
@@ -792,8 +801,9 @@ export class Mmu {
         if (i >= 0) {
           this.xCached = true;
           level = k - 1;
-          tHi = c.hpaHi(i);
-          tLo = c.hpaLo(i);
+          const h = c.hpaOf(i);
+          tHi = hiHalf(h);
+          tLo = h | 0;
           rights = (c.rightsOf(i) >>> RT_E_SHIFT) & 7;
           break;
         }
@@ -922,7 +932,7 @@ export class Mmu {
     const addrHi = this.addrHi;
     const ncr3 = this.regs.ncr3;
     let level = 4;
-    let tHi = ((ncr3 * INV_TWO32) | 0) & addrHi;
+    let tHi = hiHalf(ncr3) & addrHi;
     let tLo = ncr3 & ~0xfff;
     let u = 1;
     let w = 1;
@@ -935,8 +945,9 @@ export class Mmu {
         if (i >= 0) {
           this.xCached = true;
           level = k - 1;
-          tHi = c.hpaHi(i);
-          tLo = c.hpaLo(i);
+          const h = c.hpaOf(i);
+          tHi = hiHalf(h);
+          tLo = h | 0;
           const rt = c.rightsOf(i);
           u = (rt & RT_ER) !== 0 ? 1 : 0;
           w = (rt & RT_EW) !== 0 ? 1 : 0;

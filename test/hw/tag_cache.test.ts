@@ -120,17 +120,16 @@ describe('TagCache', () => {
     expect(c.count()).toBe(0);
   });
 
-  it('a fill refuses a negative hPA or EP4TA, and changes nothing (their high halves are read by truncation); a gPA of -1 (none) comes back as -1, in halves too', () => {
+  it('a fill refuses a negative hPA or EP4TA, and changes nothing (the walker takes their high halves by truncation); a gPA of -1 (none) comes back as -1', () => {
     const c = new TagCache(16, 4, 12);
     expect(() => c.insert(0, 0x5000, 0, 0, 0, false, 12, -4096, 0x5000, 7)).toThrow('assertion: cache fill with a negative address (hPA -4096, EP4TA 0)');
     expect(() => c.insert(0, 0x5000, 0, 0, -1, false, 12, 0x9000, 0x5000, 7)).toThrow('assertion: cache fill with a negative address (hPA 36864, EP4TA -1)');
     expect([c.count(), c.fills, c.lookup(0, 0x5000, 0, 0, 0)]).toEqual([0, 0, -1]);
     const i = c.insert(0, 0x5000, 0, 0, 0x1_2345_6000, false, 12, 0x8_0000_9000, -1, 7);
     expect([c.hpaOf(i), c.gpaOf(i), c.ep4taOf(i)]).toEqual([0x8_0000_9000, -1, 0x1_2345_6000]);
-    expect([c.hpaHi(i), c.hpaLo(i), c.gpaHi(i), c.gpaLo(i)]).toEqual([8, 0x9000, -1, -1]);
-    // A low half with bit 31 set comes back signed, as the walker carries it; the global flag shares a field with the shift.
+    // The global flag shares a field with the shift; the low key is the tag's.
     const j = c.insert(0, 0x6000, 0, 0, 0, true, 21, 0xf_8000_0000, 0xffff_f000, 7);
-    expect([c.hpaHi(j), c.hpaLo(j), c.gpaHi(j), c.gpaLo(j), c.shiftOf(j), c.isGlobal(j), c.keyLoOf(j)]).toEqual([0xf, -0x8000_0000, 0, -0x1000, 21, true, 0x6000]);
+    expect([c.hpaOf(j), c.gpaOf(j), c.shiftOf(j), c.isGlobal(j), c.keyLoOf(j)]).toEqual([0xf_8000_0000, 0xffff_f000, 21, true, 0x6000]);
   });
 
   it('an entry larger than the granule must come from a 2M or 1G page', () => {
