@@ -242,6 +242,26 @@ export class PhysMem {
   }
 
   /**
+   * memset64: `count` 8-byte stores of (lo, hi) from hpa up, within one
+   * frame. With a preempt hook each store is an operation of its own, as
+   * store64 makes it; without one they are one fill of the frame's words.
+   */
+  fill64(hpa: number, count: number, lo: number, hi: number): void {
+    this.check(hpa);
+    if (count < 0 || (hpa & 0xfff) + 8 * count > 4096) throw new Error(`assertion: fill64 of ${count} words at ${hpa} leaves its frame`);
+    if (this.preempt !== null) {
+      for (let i = 0; i < count; i++) this.store64(hpa + 8 * i, lo, hi);
+      return;
+    }
+    const w = this.wordOf(hpa); // may allocate the frame, and so replace the arena: read words after it
+    const words = this.words;
+    for (let i = 0; i < 2 * count; i += 2) {
+      words[w + i] = lo;
+      words[w + i + 1] = hi;
+    }
+  }
+
+  /**
    * Atomic compare-and-exchange. Returns true if the value was (expLo, expHi)
    * and is now (newLo, newHi); either way lo/hi hold the value found.
    */

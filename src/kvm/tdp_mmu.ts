@@ -198,7 +198,7 @@ export class TdpMmu {
    */
   private allocSp(level: number, gfn: number, ptep: number, asId: number): KvmMmuPage {
     const sp = new KvmMmuPage(this.vm.pages.allocPage(), level, gfn, ptep, asId);
-    for (let i = 0; i < SPTE_ENT_PER_PAGE; i++) this.vm.mem.store64(sp.hpa + 8 * i, NONPRESENT_LO, NONPRESENT_HI);
+    this.vm.mem.fill64(sp.hpa, SPTE_ENT_PER_PAGE, NONPRESENT_LO, NONPRESENT_HI);
     this.sps.set(sp.hpa, sp);
     this.stats.ptAllocated++;
     if (this.vm.events.kvm_mmu_get_page) this.vm.events.emit('kvm_mmu_get_page', { gfn: sp.gfn, level, created: true });
@@ -208,7 +208,7 @@ export class TdpMmu {
   /** Freed after a grace period; the frame is poisoned before it goes back to the allocator. */
   private freeSpRcu(sp: KvmMmuPage): void {
     this.vm.rcu.callRcu(() => {
-      for (let i = 0; i < SPTE_ENT_PER_PAGE; i++) this.vm.mem.store64(sp.hpa + 8 * i, PT_POISON_LO, PT_POISON_HI);
+      this.vm.mem.fill64(sp.hpa, SPTE_ENT_PER_PAGE, PT_POISON_LO, PT_POISON_HI);
       this.sps.delete(sp.hpa);
       this.vm.pages.freePage(sp.hpa);
       this.stats.ptFreed++;

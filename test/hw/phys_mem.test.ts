@@ -51,3 +51,40 @@ describe('PhysMem frame cache', () => {
   });
 });
 
+
+describe('PhysMem.fill64 (memset64)', () => {
+  it('fills count words from hpa, allocating the frame, and leaves the rest of the frame alone', () => {
+    const mem = new PhysMem(46);
+    mem.store64(0x5000, 7, 7);
+    // 64 frames fill the first arena; the fill allocates the 65th, which replaces the arena: it must write the new one.
+    for (let f = 0; f < 63; f++) mem.store64(0x100000 + f * 4096, f, 0);
+    expect(mem.frameCount).toBe(64);
+    mem.fill64(0x3f_ffff_f010, 510, 0, 0x80000000 | 0);
+    mem.load64(0x3f_ffff_f008);
+    expect([mem.lo, mem.hi]).toEqual([0, 0]);
+    mem.load64(0x3f_ffff_f010);
+    expect([mem.lo, mem.hi]).toEqual([0, 0x80000000 | 0]);
+    mem.load64(0x3f_ffff_fff8);
+    expect([mem.lo, mem.hi]).toEqual([0, 0x80000000 | 0]);
+    mem.load64(0x5000);
+    expect([mem.lo, mem.hi]).toEqual([7, 7]);
+  });
+
+  it('refuses a fill that leaves its frame, or a bad address, and changes nothing', () => {
+    const mem = new PhysMem(46);
+    expect(() => mem.fill64(0x5008, 512, 1, 1)).toThrow('assertion: fill64 of 512 words at 20488 leaves its frame');
+    expect(() => mem.fill64(0x5004, 1, 1, 1)).toThrow('assertion: bad 8-byte physical address 20484 (MAXPHYADDR 46)');
+    expect(mem.frameCount).toBe(0);
+  });
+
+  it('under a preempt hook each word is a store of its own, as store64 makes it', () => {
+    const mem = new PhysMem(46);
+    const seen: number[] = [];
+    mem.preempt = { point: (_op, hpa) => seen.push(hpa) };
+    mem.fill64(0x7ff0, 2, 5, 6);
+    mem.preempt = null;
+    expect(seen).toEqual([0x7ff0, 0x7ff8]);
+    mem.load64(0x7ff8);
+    expect([mem.lo, mem.hi]).toEqual([5, 6]);
+  });
+});
