@@ -13,10 +13,8 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { AccessKind } from '../src/hw/result.js';
-import { Kvm } from '../src/kvm/vm.js';
-import { identityMap1G, newGuestAccess } from './kvm_bench.js';
+import { FIRST_TOUCH_GPA, freshFaultGuest, newGuestAccess } from './kvm_bench.js';
 
-const GIB = 1024 * 1024 * 1024;
 const WARM = 150_000;
 const TOUCHES = 250_000;
 
@@ -24,10 +22,8 @@ const TOUCHES = 250_000;
 function touch(n: number): void {
   const out = newGuestAccess();
   for (const count of [WARM, WARM, n]) {
-    const kvm = new Kvm({ tdp: 'ept', memory: GIB, tlb: true });
-    identityMap1G(kvm, GIB);
-    kvm.accessNow(0, 0, 0x1000, AccessKind.Read, 1, out);
-    for (let i = 0; i < count; i++) kvm.accessNow(0, 0, 0x200000 + i * 4096, AccessKind.Read, 1, out);
+    const kvm = freshFaultGuest(out);
+    for (let i = 0; i < count; i++) kvm.accessNow(0, 0, FIRST_TOUCH_GPA + i * 4096, AccessKind.Read, 1, out);
   }
 }
 

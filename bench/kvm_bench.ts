@@ -16,7 +16,7 @@ const GIB = 1024 * 1024 * 1024;
  * pages (as a guest kernel's direct map would), written through the VMM's
  * mapping of guest memory: PML4 at gPA 0, PDPT at gPA 0x1000.
  */
-export function identityMap1G(kvm: Kvm, size: number): void {
+function identityMap1G(kvm: Kvm, size: number): void {
   const put = (gpa: number, lo: number, hi: number) => {
     const got = kvm.mm.hvaToPfn(GUEST_HVA_BASE + gpa, true);
     if (!got.ok) throw new Error('bench set-up: guest memory not mapped');
@@ -39,6 +39,17 @@ function secondsPerCall(name: string, fn: () => void, options: Benchmark.Options
   return 1 / b.hz;
 }
 
+/** The first gPA fault_in touches: the guest's tables live in the 2 MiB below it. */
+export const FIRST_TOUCH_GPA = 0x200000;
+
+/** A fresh 1 GiB guest, EPT with A/D, its tables mapped (and touched), every page from FIRST_TOUCH_GPA up untouched. */
+export function freshFaultGuest(out: GuestAccess): Kvm {
+  const kvm = new Kvm({ tdp: 'ept', memory: GIB, tlb: true });
+  identityMap1G(kvm, GIB);
+  kvm.accessNow(0, 0, 0x1000, AccessKind.Read, 1, out); // the guest tables' pages
+  return kvm;
+}
+
 /**
  * fault_in_4k_ns: a fresh 1 GiB guest (EPT A/D on, 4K host pages) touched
  * once per page: each touch is EPT violation -> kvm_tdp_mmu_map -> re-entry.
@@ -52,10 +63,8 @@ export function faultIn4k(): number {
   let next = 0;
   const out = newGuestAccess();
   const fresh = () => {
-    kvm = new Kvm({ tdp: 'ept', memory: GIB, tlb: true });
-    identityMap1G(kvm, GIB);
-    kvm.accessNow(0, 0, 0x1000, AccessKind.Read, 1, out); // the guest tables' pages
-    next = 0x200000;
+    kvm = freshFaultGuest(out);
+    next = FIRST_TOUCH_GPA;
   };
   fresh();
   // Correctness guard: a first touch exits once and then succeeds.
